@@ -1,0 +1,1 @@
+"""The STRIDE method, one module per stage: membership -> operators -> train -> measure -> recover."""

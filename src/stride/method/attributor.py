@@ -1,0 +1,168 @@
+"""STRIDE behind the Attributor interface: membership -> operators -> responses -> Lasso scores.
+
+Each stage is stored in the run folder with its arguments, so a rerun skips finished stages and a
+run killed while training operators resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from stride.attributor import Attributor
+from stride.config import StrideConfig
+from stride.data import TokenizedData
+from stride.errors import StrideError
+from stride.method.measure import query_responses
+from stride.method.membership import example_subsets, membership_matrix, subset_sizes
+from stride.method.operators import OperatorBank
+from stride.method.recover import cross_validated_lambda, lasso_scores, standardize
+from stride.method.steering import SteeredModel
+from stride.method.train import OperatorTrainer
+from stride.models import decoder_blocks, default_layer
+from stride.store import RunStore
+
+TRAINING_FIELDS = (
+    "form", "rank", "n_subsets", "subsets_per_example", "epochs", "batch_size", "learning_rate",
+    "stability_weight", "stability_fraction", "linearity_weight", "linearity_sketch_dim",
+    "linearity_ridge", "linearity_every",
+)  # fmt: skip
+
+
+class StrideAttributor(Attributor):
+    """Attribution with steering operators on random subsets and per-query Lasso recovery."""
+
+    name = "stride"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: StrideConfig | None = None,
+        seed: int = 0,
+        store: RunStore | None = None,
+        model_digest: str = "",
+        progress: bool = True,
+    ):
+        super().__init__()
+        self.model = model
+        self.config = config or StrideConfig()
+        self.seed = seed
+        self.store = store
+        self.model_digest = model_digest
+        self.progress = progress
+        self.blocks = decoder_blocks(model)
+        self.layer = self.config.layer if self.config.layer is not None else default_layer(len(self.blocks))
+        if not 0 <= self.layer < len(self.blocks):
+            raise StrideError(f"layer must be between 0 and {len(self.blocks) - 1}, got {self.layer}")
+        self.table_: np.ndarray | None = None
+        self.steered_: SteeredModel | None = None
+        self.lambda_: float | None = None
+        self._operator_args: dict[str, Any] = {}
+        self.stage_info: dict[str, Any] = {}
+
+    def settings(self) -> dict[str, Any]:
+        return {**self.config.to_dict(), "layer": self.layer, "seed": self.seed, "n_blocks": len(self.blocks)}
+
+    def _new_bank(self) -> OperatorBank:
+        config = self.config
+        return OperatorBank(
+            config.form, config.n_subsets, self.model.config.hidden_size if hasattr(self.model.config, "hidden_size")
+            else self.model.get_input_embeddings().embedding_dim, config.rank,
+            self.model.get_output_embeddings().out_features, self.seed,
+        )  # fmt: skip
+
+    def _stage(self, name: str, args: dict[str, Any], compute) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Load a finished stage or compute and save it; records its seconds either way."""
+        if self.store is not None and self.store.done(name, args):
+            tensors, info = self.store.load(name)
+            info = {**info, "reused": True}
+        else:
+            started = time.perf_counter()
+            tensors, info = compute()
+            info = {**info, "seconds": time.perf_counter() - started}
+            if self.store is not None:
+                self.store.save(name, tensors, args, info)
+            info = {**info, "reused": False}
+        self.timings[name] = info.get("seconds", 0.0)
+        self.stage_info[name] = info
+        return tensors, info
+
+    def prepare(self, train: TokenizedData) -> None:
+        """Draw the membership design and train (or load) the operators on `train`."""
+        config = self.config
+        config.validate(len(train))
+        membership_args = {"n": len(train), "K": config.n_subsets, "d": config.subsets_per_example, "seed": self.seed}
+
+        def draw() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+            table = example_subsets(len(train), config.n_subsets, config.subsets_per_example, self.seed)
+            sizes = subset_sizes(table, config.n_subsets)
+            return {"example_subsets": torch.as_tensor(table)}, {"min_size": int(sizes.min()), "max_size": int(sizes.max())}
+
+        tensors, _ = self._stage("membership", membership_args, draw)
+        self.table_ = tensors["example_subsets"].numpy()
+        self._operator_args = {
+            **membership_args, "layer": self.layer, "model": self.model_digest, "train": train.digest,
+            **{name: getattr(config, name) for name in TRAINING_FIELDS},
+        }  # fmt: skip
+        bank = self._new_bank()
+        self.steered_ = SteeredModel(self.model, self.blocks, self.layer, bank)
+
+        def fit() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+            torch.manual_seed(self.seed)
+            trainer = OperatorTrainer(self.steered_, train, self.table_, config, self.seed)
+            checkpoint = None
+            if self.store is not None:
+                checkpoint = self.store.checkpoint_path("operators", self._operator_args)
+            log = trainer.train(checkpoint=checkpoint, progress=self.progress, on_step=self._on_step)
+            return dict(bank.state_dict()), {
+                "steps": log.steps, "resumed_from_step": log.resumed_from_step,
+                "epoch_fidelity": log.epoch_fidelity, "epoch_stability": log.epoch_stability,
+                "epoch_linearity": log.epoch_linearity, "parameters_per_operator": bank.operator_parameters(),
+            }  # fmt: skip
+
+        tensors, _ = self._stage("operators", self._operator_args, fit)
+        bank.load_state_dict(tensors)
+
+    _on_step = None  # tests and callers may set a callable(step) to observe (or interrupt) training
+
+    def responses(self, queries: TokenizedData) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss drops [n_queries, K] under each operator and the base losses [n_queries]."""
+        if self.steered_ is None:
+            raise RuntimeError("call prepare() before scoring")
+        args = {**self._operator_args, "queries": queries.digest}
+
+        def measure() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+            responses, base = query_responses(self.steered_, queries, self.config.measure_rows, self.progress)
+            if not torch.isfinite(responses).all() or not torch.isfinite(base).all():
+                raise StrideError("non-finite (NaN/inf) query losses: check the model and the queries")
+            return {"responses": responses, "base_losses": base}, {"n_queries": len(queries)}
+
+        tensors, _ = self._stage("responses", args, measure)
+        return tensors["responses"], tensors["base_losses"]
+
+    def score(self, queries: TokenizedData) -> torch.Tensor:
+        """Lasso-recovered influence of every training example on every query."""
+        responses, _ = self.responses(queries)
+        config = self.config
+        args = {**self._operator_args, "queries": queries.digest, "lambda_rule": config.lambda_rule}
+        if config.lambda_rule == "fixed":
+            args["lasso_lambda"] = config.lasso_lambda
+        else:
+            args["cv_queries"] = config.cv_queries
+
+        def recover() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+            membership = membership_matrix(self.table_, config.n_subsets)
+            standardized, scales = standardize(responses.double().numpy())
+            penalty = config.lasso_lambda
+            if config.lambda_rule == "cv":
+                penalty = cross_validated_lambda(membership, standardized, config.cv_queries, self.seed)
+            scores = lasso_scores(membership, standardized, scales, penalty)
+            return {"scores": torch.as_tensor(scores)}, {"lambda": penalty, "nonzero_fraction": float((scores != 0).mean())}
+
+        tensors, info = self._stage("recovery", args, recover)
+        self.lambda_ = info["lambda"]
+        return tensors["scores"]

@@ -1,0 +1,128 @@
+"""Running a frozen causal LM with operators attached, reusing the activations below the steered block.
+
+The base pass runs the whole model once per batch and keeps the output of the steered block.
+A steered pass replaces the blocks up to the steered one by stand-ins that hand back those cached
+(and steered) activations, so only the blocks above run again, once per (example, subset) row.
+The model's code is never edited: blocks are swapped inside their ModuleList for the duration of
+one call and forward hooks do the rest.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from stride.data import Batch
+from stride.method.operators import LOGIT, RESIDUAL, OperatorBank
+
+
+@dataclass
+class BasePass:
+    """What the frozen model computes once per batch: the steered block's output and the logits."""
+
+    hidden: torch.Tensor
+    logits: torch.Tensor
+
+
+def _block_output(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _with_block_output(output: Any, hidden: torch.Tensor) -> Any:
+    return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+
+
+class _CachedBlock(nn.Module):
+    """Stands in for a decoder block: returns a fixed tensor (or its input) without computing."""
+
+    def __init__(self, original: nn.Module, output: torch.Tensor | None, returns_tuple: bool):
+        super().__init__()
+        self.__dict__["original"] = original  # not registered: it owns no parameters here
+        self.output = output
+        self.returns_tuple = returns_tuple
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["original"], name)
+
+    def forward(self, hidden_states: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
+        if hidden_states is None:
+            hidden_states = kwargs["hidden_states"]
+        result = hidden_states if self.output is None else self.output
+        return (result,) if self.returns_tuple else result
+
+
+class SteeredModel:
+    """A frozen causal LM, the decoder block to steer, and a bank of operators."""
+
+    def __init__(self, model: nn.Module, blocks: nn.ModuleList, layer: int, bank: OperatorBank):
+        self.model = model
+        self.blocks = blocks
+        self.layer = layer
+        self.bank = bank
+        self._block_returns_tuple = False
+
+    def _logits(self, batch: Batch) -> torch.Tensor:
+        return self.model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+        ).logits
+
+    @torch.no_grad()
+    def base(self, batch: Batch) -> BasePass:
+        """One unsteered pass: the steered block's output and the base logits."""
+        captured: dict[str, torch.Tensor] = {}
+
+        def keep(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            self._block_returns_tuple = isinstance(output, tuple)
+            captured["hidden"] = _block_output(output).detach()
+
+        handle = self.blocks[self.layer].register_forward_hook(keep)
+        try:
+            logits = self._logits(batch)
+        finally:
+            handle.remove()
+        return BasePass(captured["hidden"], logits)
+
+    def steered_logits(self, base: BasePass, batch: Batch, rows: torch.Tensor, subset_ids: torch.Tensor) -> torch.Tensor:
+        """Logits of base-pass rows `rows`, each steered by operator `subset_ids[i]`."""
+        hidden = base.hidden[rows]
+        if self.bank.form == LOGIT:
+            return base.logits[rows] + self.bank.delta(hidden, subset_ids)
+        steered_hidden = hidden + self.bank.delta(hidden, subset_ids)
+        return self.logits_from_block(steered_hidden, batch.select(rows))
+
+    def logits_from_block(self, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Run only the blocks above the steered one, starting from `hidden` as its output."""
+        originals = [self.blocks[i] for i in range(self.layer + 1)]
+        try:
+            for i, original in enumerate(originals):
+                output = hidden if i == self.layer else None
+                self.blocks[i] = _CachedBlock(original, output, self._block_returns_tuple)
+            return self._logits(batch)
+        finally:
+            for i, original in enumerate(originals):
+                self.blocks[i] = original
+
+    @contextmanager
+    def attached(self, subset_ids: torch.Tensor) -> Iterator[None]:
+        """Steer every full forward pass inside the block: row i by operator subset_ids[i].
+
+        Residual form only (the logit form acts after the model; use `steered_logits`)."""
+        if self.bank.form != RESIDUAL:
+            raise ValueError("attached() steers a decoder block; the logit form has none to steer")
+
+        def steer(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+            hidden = _block_output(output)
+            return _with_block_output(output, hidden + self.bank.delta(hidden, subset_ids))
+
+        handle = self.blocks[self.layer].register_forward_hook(steer)
+        try:
+            yield
+        finally:
+            handle.remove()

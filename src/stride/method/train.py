@@ -1,0 +1,194 @@
+"""Joint training of the basis and the K operators, base model frozen.
+
+Loss of one step over a batch of training examples, each paired with each of its d subsets:
+  fidelity   cross-entropy of the example under its subsets' operators (the operator should
+             explain its own subset),
+  stability  KL(base || steered) of other examples of the batch under operators whose subset
+             they are not in (no global shift),
+  linearity  ||(P - I) y||^2 / K for a probe example, where y holds its K loss drops and P
+             projects onto the span of a random sketch of the membership (plus an intercept):
+             the responses should follow an additive model of membership.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from stride.config import StrideConfig
+from stride.data import TokenizedData
+from stride.losses import sequence_kl, sequence_losses
+from stride.method.membership import membership_matrix
+from stride.method.steering import SteeredModel
+
+
+@dataclass
+class TrainingLog:
+    """What the loop did: steps, mean losses per epoch, wall time."""
+
+    steps: int = 0
+    epoch_fidelity: list[float] = field(default_factory=list)
+    epoch_stability: list[float] = field(default_factory=list)
+    epoch_linearity: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    resumed_from_step: int = 0
+
+
+def linearity_projector(table: np.ndarray, n_subsets: int, sketch_dim: int, ridge: float, seed: int) -> torch.Tensor:
+    """P = S (S^T S + gamma I)^-1 S^T with S = [M R, 1]: R is a Gaussian n x q sketch."""
+    membership = membership_matrix(table, n_subsets)
+    rng = np.random.default_rng(seed + 7919)
+    sketch = rng.standard_normal((table.shape[0], sketch_dim)) / np.sqrt(sketch_dim)
+    design = np.hstack([membership @ sketch, np.ones((n_subsets, 1))])
+    gram = design.T @ design + ridge * np.eye(design.shape[1])
+    return torch.as_tensor(design @ np.linalg.solve(gram, design.T), dtype=torch.float32)
+
+
+class OperatorTrainer:
+    """Trains a SteeredModel's bank on a training set; resumable from a checkpoint file."""
+
+    def __init__(self, steered: SteeredModel, data: TokenizedData, table: np.ndarray, config: StrideConfig, seed: int):
+        self.steered = steered
+        self.data = data
+        self.table = torch.as_tensor(table, dtype=torch.long)
+        self.config = config
+        self.seed = seed
+        self.optimizer = torch.optim.Adam(steered.bank.parameters(), lr=config.learning_rate)
+        self.projector = None
+        if config.linearity_weight > 0:
+            self.projector = linearity_projector(
+                table, config.n_subsets, config.linearity_sketch_dim, config.linearity_ridge, seed
+            )
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.data) // self.config.batch_size)
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.data), generator=generator)
+
+    def _step(self, indices: torch.Tensor, step: int) -> tuple[float, float, float]:
+        config, steered = self.config, self.steered
+        generator = torch.Generator().manual_seed(self.seed * 7_000_003 + step)
+        batch = self.data.batch(indices.tolist())
+        base = steered.base(batch)
+        memberships = self.table[indices]
+        n_rows, per_example = memberships.shape
+        rows = torch.arange(n_rows).repeat_interleave(per_example)
+        subset_ids = memberships.reshape(-1)
+        logits = steered.steered_logits(base, batch, rows, subset_ids)
+        fidelity = sequence_losses(logits, batch.select(rows)).mean()
+        loss = fidelity
+        stability = self._stability(base, batch, rows, subset_ids, memberships, generator)
+        if stability is not None:
+            loss = loss + config.stability_weight * stability
+        linearity = None
+        if self.projector is not None and step % config.linearity_every == 0:
+            linearity = self._linearity(base, batch, generator)
+            loss = loss + config.linearity_weight * linearity
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return tuple(float("nan") if term is None else term.item() for term in (fidelity, stability, linearity))
+
+    def _stability(self, base, batch, rows, subset_ids, memberships, generator) -> torch.Tensor | None:
+        """KL on examples of the batch paired with an operator whose subset they are not in."""
+        n_rows = memberships.shape[0]
+        if self.config.stability_weight <= 0 or self.config.stability_fraction <= 0 or n_rows < 2:
+            return None
+        shift = torch.randint(1, n_rows, rows.shape, generator=generator)
+        others = (rows + shift) % n_rows
+        outside = ~(memberships[others] == subset_ids[:, None]).any(1)
+        chosen = outside & (torch.rand(rows.shape, generator=generator) < self.config.stability_fraction)
+        if not chosen.any():
+            return None
+        others, subset_ids = others[chosen], subset_ids[chosen]
+        logits = self.steered.steered_logits(base, batch, others, subset_ids)
+        return sequence_kl(base.logits[others], logits, batch.select(others)).mean()
+
+    def _linearity(self, base, batch, generator) -> torch.Tensor:
+        """Penalty on the part of one probe example's K responses that no additive model explains."""
+        probe = int(torch.randint(0, len(batch), (1,), generator=generator))
+        n_subsets = self.config.n_subsets
+        rows = torch.full((n_subsets,), probe, dtype=torch.long)
+        base_loss = sequence_losses(base.logits[probe : probe + 1], batch.select(rows[:1]))
+        steered = sequence_losses(
+            self.steered.steered_logits(base, batch, rows, torch.arange(n_subsets)), batch.select(rows)
+        )
+        responses = base_loss - steered
+        residual = self.projector @ responses - responses
+        return residual.pow(2).mean()
+
+    def _save(self, path: Path, step: int, log: TrainingLog) -> None:
+        state = {
+            "bank": self.steered.bank.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": step,
+            "epoch_fidelity": log.epoch_fidelity,
+            "epoch_stability": log.epoch_stability,
+            "epoch_linearity": log.epoch_linearity,
+        }
+        partial = path.with_suffix(".partial")
+        torch.save(state, partial)
+        os.replace(partial, path)
+
+    def _load(self, path: Path, log: TrainingLog) -> int:
+        state = torch.load(path, weights_only=True)
+        self.steered.bank.load_state_dict(state["bank"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        log.epoch_fidelity = list(state["epoch_fidelity"])
+        log.epoch_stability = list(state["epoch_stability"])
+        log.epoch_linearity = list(state["epoch_linearity"])
+        return int(state["step"])
+
+    def train(
+        self,
+        checkpoint: Path | None = None,
+        progress: bool = True,
+        on_step: Callable[[int], None] | None = None,
+    ) -> TrainingLog:
+        """Run all epochs; with `checkpoint`, save there regularly and resume from it if present."""
+        log = TrainingLog()
+        start_step = 0
+        if checkpoint is not None and checkpoint.exists():
+            start_step = self._load(checkpoint, log)
+            log.resumed_from_step = start_step
+        started = time.perf_counter()
+        per_epoch, total = self.steps_per_epoch, self.steps_per_epoch * self.config.epochs
+        sums = np.zeros(3)
+        counts = np.zeros(3)
+        bar = tqdm(total=total, initial=start_step, desc="training operators", disable=not progress, unit="step")
+        for step in range(start_step, total):
+            epoch, position = divmod(step, per_epoch)
+            if position == 0 or step == start_step:
+                order = self._epoch_order(epoch)
+                if position == 0:
+                    sums[:], counts[:] = 0.0, 0.0
+            indices = order[position * self.config.batch_size : (position + 1) * self.config.batch_size]
+            values = np.array(self._step(indices, step))
+            seen = ~np.isnan(values)
+            sums[seen] += values[seen]
+            counts[seen] += 1
+            bar.update(1)
+            bar.set_postfix(fidelity=f"{values[0]:.3f}")
+            if position == per_epoch - 1:
+                means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+                log.epoch_fidelity.append(float(means[0]))
+                log.epoch_stability.append(float(means[1]))
+                log.epoch_linearity.append(float(means[2]))
+            if checkpoint is not None and ((step + 1) % self.config.checkpoint_every == 0 or position == per_epoch - 1):
+                self._save(checkpoint, step + 1, log)
+            if on_step is not None:
+                on_step(step + 1)
+        bar.close()
+        log.steps = total
+        log.seconds = time.perf_counter() - started
+        return log

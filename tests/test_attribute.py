@@ -1,0 +1,68 @@
+"""End to end: STRIDE on tiny models trained inside the test session."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from stride.api import attribute
+from stride.config import StrideConfig
+from stride.method.attributor import StrideAttributor
+
+from conftest import N_QUERIES, N_TRAIN
+
+SMALL = dict(n_subsets=48, subsets_per_example=6, rank=8, epochs=4, batch_size=16, learning_rate=3e-2,
+             cv_queries=4, checkpoint_every=5)  # fmt: skip
+
+
+def _run(model_dir, corpus, out, **overrides):
+    config = StrideConfig(**{**SMALL, **overrides})
+    return attribute(model_dir, corpus["train"], corpus["queries"], out, config=config, seed=0, progress=False)
+
+
+@pytest.mark.parametrize("form", ["residual", "logit"])
+def test_contract_files_and_exact_duplicates_rank_top5(form, gpt2_dir, corpus, tmp_path):
+    result = _run(gpt2_dir, corpus, tmp_path / "run", form=form)
+    scores = load_file(str(tmp_path / "run" / "scores.safetensors"))["scores"]
+    assert scores.shape == (N_QUERIES, N_TRAIN) and scores.dtype == torch.float32
+    assert torch.isfinite(scores).all()
+    for query, duplicate in ((0, 3), (1, 40)):
+        top5 = torch.argsort(scores[query], descending=True)[:5].tolist()
+        assert duplicate in top5, f"{form}: training example {duplicate} not in query {query}'s top 5: {top5}"
+    info = json.loads((tmp_path / "run" / "info.json").read_text())
+    assert info["n_train"] == N_TRAIN and info["settings"]["n_subsets"] == 48
+    assert set(info["timings_seconds"]) >= {"membership", "operators", "responses", "recovery", "total"}
+    top = [json.loads(line) for line in (tmp_path / "run" / "top.jsonl").open()]
+    assert len(top) == N_QUERIES and len(top[0]["top"]) == 10 and len(top[0]["bottom"]) == 10
+    assert top[0]["top"][0]["score"] >= top[0]["top"][-1]["score"] >= top[0]["bottom"][0]["score"]
+    assert result.scores.shape == scores.shape
+
+
+def test_same_seed_gives_identical_scores_and_reruns_skip_stages(llama_dir, corpus, tmp_path):
+    first = _run(llama_dir, corpus, tmp_path / "a", epochs=2).scores
+    second = _run(llama_dir, corpus, tmp_path / "b", epochs=2).scores
+    assert torch.equal(first, second)
+    rerun = _run(llama_dir, corpus, tmp_path / "a", epochs=2)
+    assert torch.equal(rerun.scores, first)
+    assert all(stage["reused"] for stage in rerun.info["stages"].values())
+    other_seed = attribute(llama_dir, corpus["train"], corpus["queries"], tmp_path / "c",
+                           config=StrideConfig(**{**SMALL, "epochs": 2}), seed=1, progress=False).scores  # fmt: skip
+    assert not torch.equal(first, other_seed)
+
+
+def test_run_killed_during_operator_training_resumes_to_the_same_scores(gpt2_dir, corpus, tmp_path, monkeypatch):
+    reference = _run(gpt2_dir, corpus, tmp_path / "whole").scores
+
+    def interrupt(step):
+        if step == 16:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(StrideAttributor, "_on_step", staticmethod(interrupt))
+    with pytest.raises(KeyboardInterrupt):
+        _run(gpt2_dir, corpus, tmp_path / "killed")
+    assert (tmp_path / "killed" / "stages" / "operators.ckpt").exists()
+    monkeypatch.undo()
+    resumed = _run(gpt2_dir, corpus, tmp_path / "killed")
+    assert resumed.info["stages"]["operators"]["resumed_from_step"] == 15
+    assert torch.equal(resumed.scores, reference)

@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from stride.data import load_data
+from stride.method.operators import OperatorBank
+from stride.method.steering import SteeredModel
+from stride.models import decoder_blocks, default_layer, load_causal_lm
+
+
+def _setup(model_dir, train_path, form, layer=None):
+    model, tokenizer = load_causal_lm(model_dir)
+    data = load_data(train_path, tokenizer, 64)
+    blocks = decoder_blocks(model)
+    layer = default_layer(len(blocks)) if layer is None else layer
+    bank = OperatorBank(form, 5, model.config.hidden_size, 4, model.get_output_embeddings().out_features, seed=0)
+    return model, data.batch([0, 1, 2, 7]), SteeredModel(model, blocks, layer, bank)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_decoder_blocks_are_found_generically(arch, gpt2_dir, llama_dir):
+    model, _ = load_causal_lm(gpt2_dir if arch == "gpt2" else llama_dir)
+    blocks = decoder_blocks(model)
+    assert len(blocks) == model.config.num_hidden_layers
+    assert type(blocks[0]).__name__ in ("GPT2Block", "LlamaDecoderLayer")
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_zero_operator_leaves_logits_unchanged(arch, gpt2_dir, llama_dir, corpus):
+    model, batch, steered = _setup(gpt2_dir if arch == "gpt2" else llama_dir, corpus["train"], "residual")
+    with torch.no_grad():
+        plain = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        subset_ids = torch.tensor([0, 1, 2, 3])
+        with steered.attached(subset_ids):
+            hooked = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        base = steered.base(batch)
+        replayed = steered.steered_logits(base, batch, torch.arange(4), subset_ids)
+    assert torch.equal(plain, hooked)
+    assert torch.allclose(plain, replayed, atol=1e-5)
+    assert torch.equal(plain, base.logits)
+
+
+@pytest.mark.parametrize("arch,layer", [("gpt2", 0), ("gpt2", 1), ("llama", 0), ("llama", 1)])
+def test_replay_from_cached_block_matches_a_full_steered_pass(arch, layer, gpt2_dir, llama_dir, corpus):
+    model, batch, steered = _setup(gpt2_dir if arch == "gpt2" else llama_dir, corpus["train"], "residual", layer)
+    with torch.no_grad():
+        steered.bank.coefficients.normal_(0, 0.5)
+        rows = torch.tensor([0, 0, 1, 2, 3, 3])
+        subset_ids = torch.tensor([4, 1, 2, 0, 3, 1])
+        with steered.attached(subset_ids):
+            full = model(input_ids=batch.input_ids[rows], attention_mask=batch.attention_mask[rows]).logits
+        replayed = steered.steered_logits(steered.base(batch), batch, rows, subset_ids)
+        plain = model(input_ids=batch.input_ids[rows], attention_mask=batch.attention_mask[rows]).logits
+    assert not torch.allclose(full, plain, atol=1e-3), "the operators must change the logits"
+    mask = batch.attention_mask[rows].bool()
+    assert torch.allclose(full[mask], replayed[mask], atol=1e-4)
+    assert all(type(b).__name__ != "_CachedBlock" for b in decoder_blocks(model)), "blocks must be restored"
+
+
+def test_logit_form_adds_a_low_rank_term_to_the_logits(gpt2_dir, corpus):
+    model, batch, steered = _setup(gpt2_dir, corpus["train"], "logit")
+    with torch.no_grad():
+        base = steered.base(batch)
+        zero = steered.steered_logits(base, batch, torch.arange(4), torch.tensor([0, 1, 2, 3]))
+        assert torch.equal(zero, base.logits)
+        steered.bank.coefficients.normal_()
+        moved = steered.steered_logits(base, batch, torch.arange(4), torch.tensor([0, 1, 2, 3]))
+    assert not torch.allclose(moved, base.logits)
