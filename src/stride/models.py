@@ -29,6 +29,7 @@ def load_causal_lm(
         raise StrideError(f"{model_dir} has no config.json: not a save_pretrained model folder")
     tokenizer = load_tokenizer(model_dir, trust_remote_code)
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
             str(model_dir), local_files_only=True, trust_remote_code=trust_remote_code, dtype=dtype
