@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import time
@@ -14,15 +15,13 @@ import torch
 from safetensors.torch import save_file
 
 from stride import __version__
-from stride.attributor import Attributor
 from stride.config import StrideConfig
 from stride.data import TokenizedData, load_data, write_jsonl
 from stride.errors import StrideError
-from stride.method.attributor import StrideAttributor
 from stride.models import context_length, load_causal_lm, parameter_count
+from stride.registry import MethodContext, available_methods, create_attributor
 from stride.store import RunStore, file_digest, write_json
 
-METHODS = ("stride",)
 TOP_K = 10
 
 
@@ -54,14 +53,6 @@ def resolve_max_length(requested: int | None, model: torch.nn.Module, tokenizer:
     return requested
 
 
-def make_attributor(method: str, model: torch.nn.Module, config: StrideConfig, seed: int,
-                    store: RunStore | None, model_digest: str, progress: bool) -> Attributor:
-    """The attributor registered under `method`."""
-    if method == "stride":
-        return StrideAttributor(model, config, seed=seed, store=store, model_digest=model_digest, progress=progress)
-    raise StrideError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
-
-
 def attribute(
     model_dir: str | Path,
     train_path: str | Path,
@@ -74,18 +65,20 @@ def attribute(
     overwrite: bool = False,
     progress: bool = True,
     trust_remote_code: bool = False,
+    method_settings: dict[str, Any] | None = None,
 ) -> AttributionResult:
     """Score every training example for every query and write the run folder.
 
     Writes `scores.safetensors` (tensor `scores`, float32 [n_queries, n_train]), `info.json`
     (settings, versions, sizes, timings) and `top.jsonl` (per query its 10 most and 10 least
-    influential training examples). Finished stages in `out_dir` are reused.
+    influential training examples). Finished stages in `out_dir` are reused. `config` holds
+    STRIDE's settings, `method_settings` those of another `method`.
     """
     started = time.perf_counter()
     config = config or StrideConfig()
     config.validate()
-    if method not in METHODS:
-        raise StrideError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+    if method not in available_methods():
+        raise StrideError(f"unknown method {method!r}; available: {', '.join(available_methods())}")
     n_threads = set_threads(threads)
     torch.manual_seed(seed)
     model, tokenizer = load_causal_lm(model_dir, trust_remote_code=trust_remote_code)
@@ -94,7 +87,9 @@ def attribute(
     queries = load_data(queries_path, tokenizer, max_length, name="queries")
     config.validate(len(train))
     store = RunStore(out_dir, overwrite=overwrite)
-    attributor = make_attributor(method, model, config, seed, store, file_digest(model_dir), progress)
+    context = MethodContext(model, tokenizer, seed, store, file_digest(model_dir), progress, config,
+                            dict(method_settings or {}))  # fmt: skip
+    attributor = create_attributor(method, context)
     attributor.prepare(train)
     scores = attributor.score(queries)
     if not torch.isfinite(scores).all():
@@ -177,3 +172,45 @@ def load_scores(path: str | Path) -> np.ndarray:
 
 def read_info(out_dir: str | Path) -> dict[str, Any]:
     return json.loads((Path(out_dir) / "info.json").read_text())
+
+
+def groundtruth(
+    model_dir: str | Path, train_path: str | Path, queries_path: str | Path, out_dir: str | Path,
+    regime: str = "finetune", base_dir: str | Path | None = None, protocol: str = "keep", fraction: float = 0.5,
+    n_subsets: int = 64, n_seeds: int = 2, recipe: dict[str, Any] | None = None, seed: int = 0,
+    workers: int = 2, threads_per_worker: int = 1, progress: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """Retrain on random subsets and record every query's loss (see stride.evaluation.groundtruth)."""
+    from stride.evaluation.groundtruth import GroundTruthSpec, run_groundtruth
+    from stride.lm_training import LMRecipe
+
+    if recipe is None and (Path(model_dir) / "recipe.json").is_file():
+        recipe = json.loads((Path(model_dir) / "recipe.json").read_text())["recipe"]
+    recipe_values = dataclasses.asdict(LMRecipe.from_dict(recipe or {}))
+    spec = GroundTruthSpec(
+        model=str(model_dir), train=str(train_path), queries=str(queries_path), regime=regime,
+        base=str(base_dir) if base_dir else None, protocol=protocol, fraction=fraction, n_subsets=n_subsets,
+        n_seeds=n_seeds, seed=seed, recipe=recipe_values,
+    )  # fmt: skip
+    return run_groundtruth(spec, out_dir, workers=workers, threads_per_worker=threads_per_worker, progress=progress)
+
+
+def lds(scores_path: str | Path, groundtruth_dir: str | Path, out_path: str | Path | None = None,
+        plot_path: str | Path | None = None, seed: int = 0) -> Any:  # fmt: skip
+    """LDS of a score matrix against a ground-truth folder, with a bootstrap CI and the seed ceiling."""
+    from stride.evaluation.groundtruth import load_groundtruth
+    from stride.evaluation.lds import evaluate_lds
+
+    scores = load_scores(scores_path)
+    subsets, losses = load_groundtruth(groundtruth_dir)
+    try:
+        report = evaluate_lds(scores, subsets, losses, seed=seed)
+    except ValueError as exc:
+        raise StrideError(f"cannot compare {scores_path} with {groundtruth_dir}: {exc}") from exc
+    if out_path is not None:
+        write_json(Path(out_path), report.to_dict())
+    if plot_path is not None:
+        from stride.evaluation.plots import plot_lds
+
+        plot_lds(report, scores, subsets, losses, plot_path)
+    return report

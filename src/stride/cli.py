@@ -13,19 +13,26 @@ from typing import Callable
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# OpenMP threads that spin while waiting make torch many times slower when the cores are shared.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from stride.errors import StrideError  # noqa: E402
 
 
 def _attribute(args: argparse.Namespace) -> None:
     from stride.api import attribute
-    from stride.config import StrideConfig
+    from stride.config import StrideConfig, read_mapping_file
 
-    config = StrideConfig.from_file(args.config) if args.config else StrideConfig()
+    config, method_settings = StrideConfig(), {}
+    if args.config and args.method == "stride":
+        config = StrideConfig.from_file(args.config)
+    elif args.config:
+        values = read_mapping_file(args.config)
+        method_settings = values.get(args.method, values)
     result = attribute(
         args.model, args.train, args.queries, args.out, method=args.method, config=config, seed=args.seed,
         threads=args.threads, overwrite=args.overwrite, progress=not args.quiet,
-        trust_remote_code=args.trust_remote_code,
+        trust_remote_code=args.trust_remote_code, method_settings=method_settings,
     )  # fmt: skip
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in result.info["timings_seconds"].items())
     print(f"wrote {result.out_dir}/scores.safetensors [{result.scores.shape[0]} x {result.scores.shape[1]}] ({timings})")
@@ -42,6 +49,32 @@ def _train_lm(args: argparse.Namespace) -> None:
         recipe.seed = args.seed
     out = train_lm(args.train, args.out, recipe, base_dir=args.base, progress=not args.quiet)
     print(f"wrote {out}")
+
+
+def _groundtruth(args: argparse.Namespace) -> None:
+    from stride.api import groundtruth
+    from stride.config import read_mapping_file
+
+    recipe = read_mapping_file(args.recipe) if args.recipe else None
+    summary = groundtruth(
+        args.model, args.train, args.queries, args.out, regime=args.regime, base_dir=args.base,
+        protocol=args.protocol, fraction=args.fraction, n_subsets=args.subsets, n_seeds=args.seeds,
+        recipe=recipe, seed=args.seed, workers=args.workers, threads_per_worker=args.threads or 1,
+        progress=not args.quiet,
+    )  # fmt: skip
+    ceiling = summary.get("ceiling_single_seed")
+    print(f"wrote {args.out}/losses.safetensors" + (f" (seed-vs-seed ceiling {ceiling:.3f})" if ceiling else ""))
+
+
+def _lds(args: argparse.Namespace) -> None:
+    from stride.api import lds
+
+    out = args.out or str(Path(args.scores).with_name("lds.json") if not Path(args.scores).is_dir() else Path(args.scores) / "lds.json")
+    plot = None if args.no_plot else str(Path(out).with_suffix(".png"))
+    report = lds(args.scores, args.groundtruth, out, plot, seed=args.seed)
+    ceiling = f", seed ceiling {report.ceiling:.3f}" if report.ceiling is not None else ""
+    print(f"LDS {report.mean:.3f} (95% CI {report.ci_low:.3f} to {report.ci_high:.3f}, "
+          f"{report.n_queries - report.n_excluded} queries, {report.n_subsets} subsets{ceiling}); wrote {out}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -78,6 +111,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--base", help="fine-tune this model folder instead of training from scratch")
     sub.add_argument("--recipe", help="JSON/YAML file of LMRecipe settings")
     sub.add_argument("--seed", type=int, default=None)
+
+    sub = command("groundtruth", _groundtruth, "retrain on random subsets and record every query's loss")
+    sub.add_argument("--model", required=True, help="the attributed model (tokenizer, architecture, recipe.json)")
+    sub.add_argument("--train", required=True)
+    sub.add_argument("--queries", required=True)
+    sub.add_argument("--out", required=True, help="ground-truth folder (resumable)")
+    sub.add_argument("--regime", choices=["finetune", "scratch"], default="finetune")
+    sub.add_argument("--base", help="finetune regime: the model every retrain starts from")
+    sub.add_argument("--protocol", choices=["keep", "leave-out"], default="keep")
+    sub.add_argument("--fraction", type=float, default=0.5, help="kept (keep) or dropped (leave-out) fraction")
+    sub.add_argument("--subsets", type=int, default=64)
+    sub.add_argument("--seeds", type=int, default=2)
+    sub.add_argument("--workers", type=int, default=2, help="retraining processes (threads each: --threads, default 1)")
+    sub.add_argument("--recipe", help="JSON/YAML LMRecipe (default: the model's recipe.json)")
+    sub.add_argument("--seed", type=int, default=0)
+
+    sub = command("lds", _lds, "linear datamodeling score of a score matrix against ground truth")
+    sub.add_argument("--scores", required=True, help="scores.safetensors (or its folder) or a .npy file")
+    sub.add_argument("--groundtruth", required=True, help="folder written by stride groundtruth")
+    sub.add_argument("--out", help="JSON report (default: lds.json beside the scores); a PNG goes beside it")
+    sub.add_argument("--no-plot", action="store_true")
+    sub.add_argument("--seed", type=int, default=0, help="bootstrap seed")
 
     sub = command("demo", _demo, "the embedded default: tiny LM on the fortune corpus + attribution")
     sub.add_argument("--out", default="runs/demo", help="folder for corpus, model and scores (cached)")

@@ -24,6 +24,7 @@ from stride.method.recover import cross_validated_lambda, lasso_scores, standard
 from stride.method.steering import SteeredModel
 from stride.method.train import OperatorTrainer
 from stride.models import decoder_blocks, default_layer
+from stride.registry import MethodContext, register
 from stride.store import RunStore
 
 TRAINING_FIELDS = (
@@ -166,3 +167,11 @@ class StrideAttributor(Attributor):
         tensors, info = self._stage("recovery", args, recover)
         self.lambda_ = info["lambda"]
         return tensors["scores"]
+
+
+@register("stride")
+def _create(context: MethodContext) -> StrideAttributor:
+    return StrideAttributor(
+        context.model, context.stride_config, seed=context.seed, store=context.store,
+        model_digest=context.model_digest, progress=context.progress,
+    )  # fmt: skip

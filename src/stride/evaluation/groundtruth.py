@@ -1,0 +1,184 @@
+"""Retraining ground truth: train on many random subsets (several seeds), record every query's loss.
+
+Regimes: "finetune" (each retrain fine-tunes a fixed base model; the seed changes the data order)
+and "scratch" (each retrain re-initialises the attributed model's architecture; the seed changes
+the initialisation and the data order). Protocols: "keep" (subsets of a fraction alpha of the
+training set, as TRAK/dattri with alpha=0.5 or the STRIDE paper with alpha=0.3) and
+"leave-out" (drop a fraction, e.g. 0.05, as Bergson/MAGIC).
+
+The folder holds `subsets.safetensors` + `spec.json`, one file per finished retrain under
+`retrains/`, so a killed run continues where it stopped, and at the end `losses.safetensors`
+([seeds, subsets, queries]) and `summary.json` (with the seed-vs-seed ceiling).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from stride.errors import StrideError
+from stride.lm_training import LMRecipe
+from stride.store import file_digest, to_json, write_json
+
+REGIMES = ("finetune", "scratch")
+PROTOCOLS = ("keep", "leave-out")
+
+
+@dataclass
+class GroundTruthSpec:
+    """Everything that defines a ground-truth folder; a folder with another spec is refused."""
+
+    model: str
+    train: str
+    queries: str
+    regime: str = "finetune"
+    base: str | None = None
+    protocol: str = "keep"
+    fraction: float = 0.5
+    n_subsets: int = 64
+    n_seeds: int = 2
+    seed: int = 0
+    recipe: dict[str, Any] = dataclasses.field(default_factory=lambda: dataclasses.asdict(LMRecipe()))
+
+    def validate(self) -> None:
+        if self.regime not in REGIMES:
+            raise StrideError(f"regime must be one of {REGIMES}, got {self.regime!r}")
+        if self.protocol not in PROTOCOLS:
+            raise StrideError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if self.regime == "finetune" and not self.base:
+            raise StrideError("the finetune regime needs --base (the model every retrain starts from)")
+        if not 0.0 < self.fraction < 1.0:
+            raise StrideError(f"fraction must be in (0, 1), got {self.fraction}")
+        if self.n_subsets < 3 or self.n_seeds < 1:
+            raise StrideError("need at least 3 subsets and 1 seed")
+
+
+def draw_subsets(n: int, n_subsets: int, protocol: str, fraction: float, seed: int) -> np.ndarray:
+    """Bool [n_subsets, n]: keep round(fraction*n) examples, or leave round(fraction*n) out."""
+    rng = np.random.default_rng(seed)
+    size = max(1, round(fraction * n))
+    kept = np.zeros((n_subsets, n), dtype=bool) if protocol == "keep" else np.ones((n_subsets, n), dtype=bool)
+    for row in kept:
+        row[rng.choice(n, size=size, replace=False)] = protocol == "keep"
+    return kept
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(spec: dict[str, Any], threads: int) -> None:
+    """Load tokenizer and data once per worker process (kept alive across retrains)."""
+    torch.set_num_threads(threads)
+    from stride.data import load_data
+    from stride.models import context_length, load_causal_lm
+
+    model, tokenizer = load_causal_lm(spec["model"])
+    length = min(spec["recipe"]["context"], context_length(model, tokenizer))
+    _WORKER.update(
+        spec=spec, config=model.config, train=load_data(spec["train"], tokenizer, length, name="training set"),
+        queries=load_data(spec["queries"], tokenizer, length, name="queries"),
+    )  # fmt: skip
+
+
+def _retrain(job: tuple[int, int, np.ndarray, str]) -> tuple[int, int, float]:
+    """Train one model on one subset with one seed; save the query losses; return seconds."""
+    import transformers
+
+    from stride.lm_training import example_losses, train_causal_lm
+
+    subset, seed, indices, path = job
+    started = time.perf_counter()
+    spec = _WORKER["spec"]
+    recipe = LMRecipe.from_dict({**spec["recipe"], "seed": spec["recipe"]["seed"] + 1000 * seed})
+    torch.manual_seed(recipe.seed)
+    if spec["regime"] == "finetune":
+        model = transformers.AutoModelForCausalLM.from_pretrained(spec["base"], local_files_only=True)
+    else:
+        model = transformers.AutoModelForCausalLM.from_config(_WORKER["config"])
+    train_causal_lm(model, _WORKER["train"], recipe, indices=indices.tolist(), progress=False)
+    losses = example_losses(model, _WORKER["queries"])
+    if not torch.isfinite(losses).all():
+        raise StrideError(f"retrain of subset {subset} (seed {seed}) produced NaN/inf query losses")
+    partial = path + ".partial"
+    save_file({"losses": losses}, partial)
+    os.replace(partial, path)
+    return subset, seed, time.perf_counter() - started
+
+
+def run_groundtruth(spec: GroundTruthSpec, out_dir: str | Path, workers: int = 2, threads_per_worker: int = 1,
+                    progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Run (or resume) every retrain of `spec` into `out_dir`; return the summary."""
+    from stride.data import read_examples
+    from stride.evaluation.lds import seed_ceiling
+
+    spec.validate()
+    out_dir = Path(out_dir)
+    (out_dir / "retrains").mkdir(parents=True, exist_ok=True)
+    n_train = len(read_examples(spec.train))
+    identity = {**dataclasses.asdict(spec), "train_digest": file_digest(spec.train),
+                "queries_digest": file_digest(spec.queries)}  # fmt: skip
+    spec_path = out_dir / "spec.json"
+    if spec_path.exists():
+        import json
+
+        saved = json.loads(spec_path.read_text())
+        if saved != to_json(identity):
+            raise StrideError(f"{out_dir} holds ground truth with another spec; choose another folder")
+    else:
+        write_json(spec_path, identity)
+    subsets_path = out_dir / "subsets.safetensors"
+    if subsets_path.exists():
+        subsets = load_file(str(subsets_path))["subsets"].numpy().astype(bool)
+    else:
+        subsets = draw_subsets(n_train, spec.n_subsets, spec.protocol, spec.fraction, spec.seed)
+        save_file({"subsets": torch.as_tensor(subsets.astype(np.uint8))}, str(subsets_path))
+    jobs = [
+        (j, s, np.flatnonzero(subsets[j]), str(out_dir / "retrains" / f"{j:04d}_{s}.safetensors"))
+        for s in range(spec.n_seeds) for j in range(spec.n_subsets)
+    ]  # fmt: skip
+    todo = [job for job in jobs if not Path(job[3]).exists()]
+    started = time.perf_counter()
+    seconds = []
+    if todo:
+        bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="retraining", disable=not progress, unit="model")
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(workers, initializer=_init_worker, initargs=(to_json(dataclasses.asdict(spec)), threads_per_worker)) as pool:
+            for _, _, took in pool.imap_unordered(_retrain, todo):
+                seconds.append(took)
+                bar.update(1)
+        bar.close()
+    losses = torch.stack([
+        torch.stack([load_file(jobs[s * spec.n_subsets + j][3])["losses"] for j in range(spec.n_subsets)])
+        for s in range(spec.n_seeds)
+    ])  # fmt: skip
+    save_file({"losses": losses, "subsets": torch.as_tensor(subsets.astype(np.uint8))}, str(out_dir / "losses.safetensors"))
+    summary: dict[str, Any] = {
+        "n_train": n_train, "n_queries": losses.shape[2], "n_subsets": spec.n_subsets, "n_seeds": spec.n_seeds,
+        "retrains_this_call": len(todo), "seconds_this_call": time.perf_counter() - started,
+        "mean_seconds_per_retrain": float(np.mean(seconds)) if seconds else None,
+        "workers": workers, "threads_per_worker": threads_per_worker,
+    }  # fmt: skip
+    if spec.n_seeds >= 2:
+        ceiling = seed_ceiling(losses.numpy())
+        summary["ceiling_single_seed"] = float(np.nanmean(ceiling))
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def load_groundtruth(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Subsets (bool [m, n]) and losses ([s, m, n_queries]) of a finished ground-truth folder."""
+    path = Path(folder) / "losses.safetensors"
+    if not path.is_file():
+        raise StrideError(f"{folder} holds no finished ground truth (losses.safetensors is missing)")
+    arrays = load_file(str(path))
+    return arrays["subsets"].numpy().astype(bool), arrays["losses"].numpy()
