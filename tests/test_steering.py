@@ -65,3 +65,38 @@ def test_logit_form_adds_a_low_rank_term_to_the_logits(gpt2_dir, corpus):
         steered.bank.coefficients.normal_()
         moved = steered.steered_logits(base, batch, torch.arange(4), torch.tensor([0, 1, 2, 3]))
     assert not torch.allclose(moved, base.logits)
+
+
+@pytest.fixture(scope="module")
+def qwen2_dir(gpt2_dir, tmp_path_factory):
+    """A randomly initialised Qwen2 (sliding-window layers) with the GPT-2 fixture's tokenizer; its
+    embedding has spare rows, as real models often do (loading as Qwen2 may add a special token)."""
+    import transformers
+
+    from stride.models import load_tokenizer
+
+    tokenizer = load_tokenizer(gpt2_dir)
+    config = transformers.Qwen2Config(
+        vocab_size=len(tokenizer) + 16, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, use_sliding_window=True, sliding_window=8,
+        max_window_layers=2, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("qwen2")
+    transformers.Qwen2ForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("layer", [0, 2])
+def test_qwen2_replay_matches_a_full_steered_pass(layer, qwen2_dir, corpus):
+    model, batch, steered = _setup(qwen2_dir, corpus["train"], "residual", layer)
+    assert len(steered.blocks) == 3
+    with torch.no_grad():
+        steered.bank.coefficients.normal_(0, 0.5)
+        rows, subset_ids = torch.tensor([0, 1, 2, 3]), torch.tensor([1, 2, 3, 4])
+        with steered.attached(subset_ids):
+            full = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        replayed = steered.steered_logits(steered.base(batch), batch, rows, subset_ids)
+    mask = batch.attention_mask.bool()
+    assert torch.allclose(full[mask], replayed[mask], atol=1e-4)

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from stride.config import StrideConfig
 from stride.data import TokenizedData
+from stride.errors import StrideError
 from stride.losses import sequence_kl, sequence_losses
 from stride.method.membership import membership_matrix
 from stride.method.steering import SteeredModel
@@ -94,6 +95,11 @@ class OperatorTrainer:
         if self.projector is not None and step % config.linearity_every == 0:
             linearity = self._linearity(base, batch, generator)
             loss = loss + config.linearity_weight * linearity
+        if not torch.isfinite(loss):
+            raise StrideError(
+                f"operator training loss is NaN/inf at step {step}: check the model's weights and the data "
+                "(earlier checkpoints are kept)"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
