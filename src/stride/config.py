@@ -93,11 +93,7 @@ class StrideConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> StrideConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise StrideError(f"unknown STRIDE setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return settings_from_dict(cls, values, "STRIDE setting")
 
     @classmethod
     def from_file(cls, path: str | Path) -> StrideConfig:
@@ -106,6 +102,15 @@ class StrideConfig:
         if "stride" in values and isinstance(values["stride"], dict):
             values = values["stride"]
         return cls.from_dict(values)
+
+
+def settings_from_dict(cls: type, values: dict[str, Any], what: str) -> Any:
+    """Build the settings dataclass `cls` from a mapping, naming any unknown key."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise StrideError(f"unknown {what}(s) {unknown}; known: {sorted(known)}")
+    return cls(**values)
 
 
 def read_mapping_file(path: str | Path) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from stride.data import TokenizedData, load_data
+from stride.config import settings_from_dict
 from stride.errors import StrideError
 from stride.losses import sequence_losses
 from stride.models import context_length, load_causal_lm
@@ -57,11 +58,7 @@ class LMRecipe:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> LMRecipe:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise StrideError(f"unknown recipe setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return settings_from_dict(cls, values, "recipe setting")
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:

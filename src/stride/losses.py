@@ -16,7 +16,8 @@ def _targets(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Te
 def sequence_losses(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Mean cross-entropy over each row's scored tokens -> [rows]."""
     predicting, targets, mask = _targets(logits, batch)
-    token_loss = F.cross_entropy(predicting.transpose(1, 2), targets, reduction="none")
+    flat = F.cross_entropy(predicting.reshape(-1, predicting.shape[-1]), targets.reshape(-1), reduction="none")
+    token_loss = flat.view(targets.shape)
     return (token_loss * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
 

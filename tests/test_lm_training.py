@@ -1,0 +1,42 @@
+"""`stride train-lm`: pre-training from scratch and fine-tuning, with a recorded recipe."""
+
+import json
+
+import torch
+
+from stride.cli import main
+from stride.data import load_data
+from stride.lm_training import example_losses
+from stride.models import load_causal_lm
+
+RECIPE = {"architecture": "llama", "n_layers": 1, "hidden_size": 32, "n_heads": 2, "vocab_size": 300,
+          "context": 48, "epochs": 2, "learning_rate": 1e-2, "batch_size": 16}  # fmt: skip
+
+
+def test_pretrain_then_finetune_lower_the_training_loss(corpus, tmp_path):
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps(RECIPE))
+    scratch, tuned = tmp_path / "scratch", tmp_path / "tuned"
+    assert main(["train-lm", "--train", str(corpus["train"]), "--out", str(scratch), "--recipe", str(recipe),
+                 "--seed", "3", "--quiet"]) == 0  # fmt: skip
+    record = json.loads((scratch / "recipe.json").read_text())
+    assert record["recipe"]["seed"] == 3 and record["recipe"]["architecture"] == "llama"
+    assert record["epoch_losses"][-1] < record["epoch_losses"][0]
+    assert main(["train-lm", "--train", str(corpus["train"]), "--out", str(tuned), "--base", str(scratch),
+                 "--recipe", str(recipe), "--quiet"]) == 0  # fmt: skip
+    model, tokenizer = load_causal_lm(scratch)
+    tuned_model, _ = load_causal_lm(tuned)
+    data = load_data(corpus["train"], tokenizer, 48)
+    assert example_losses(tuned_model, data).mean() < example_losses(model, data).mean()
+    assert json.loads((tuned / "recipe.json").read_text())["base"] == str(scratch)
+
+
+def test_same_recipe_and_seed_give_the_same_weights(corpus, tmp_path):
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({**RECIPE, "epochs": 1}))
+    for name in ("a", "b"):
+        assert main(["train-lm", "--train", str(corpus["train"]), "--out", str(tmp_path / name),
+                     "--recipe", str(recipe), "--quiet"]) == 0  # fmt: skip
+    a, _ = load_causal_lm(tmp_path / "a")
+    b, _ = load_causal_lm(tmp_path / "b")
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
