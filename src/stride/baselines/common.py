@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
@@ -107,7 +108,9 @@ def load_checkpoints(context: MethodContext, paths: Sequence[str], include_model
         raise StrideError("no model to attribute with: include_model is false and checkpoints is empty")
     if weights is not None:
         if len(weights) != len(checkpoints):
-            raise StrideError(f"checkpoint_weights needs {len(checkpoints)} value(s) (one per model used), got {len(weights)}")
+            raise StrideError(
+                f"checkpoint_weights needs {len(checkpoints)} value(s) (one per model used), got {len(weights)}"
+            )
         for checkpoint, weight in zip(checkpoints, weights):
             checkpoint.weight = float(weight)
     return checkpoints
@@ -119,7 +122,8 @@ def check_checkpoint_settings(paths: Any, weights: Any) -> None:
     for path in paths:
         if not Path(path).is_dir():
             raise StrideError(f"checkpoint folder not found: {path}")
-    if weights is not None and (not isinstance(weights, (list, tuple)) or not all(isinstance(w, (int, float)) for w in weights)):
+    numbers = isinstance(weights, (list, tuple)) and all(isinstance(w, (int, float)) for w in weights)
+    if weights is not None and not numbers:
         raise StrideError(f"checkpoint_weights must be a list of numbers, got {weights!r}")
 
 
@@ -155,11 +159,23 @@ class BaselineAttributor(Attributor):
         self.timings[name] = seconds
         return tensors
 
+    def _quiet(self) -> contextlib.AbstractContextManager:
+        """Silence a library's own progress bars (on stderr) unless progress was asked for."""
+        return contextlib.nullcontext() if self.context.progress else contextlib.redirect_stderr(io.StringIO())
+
     @contextlib.contextmanager
     def _timed(self, name: str) -> Iterator[None]:
         started = time.perf_counter()
         yield
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started
+
+
+def require_library(module: str, install: str, method: str) -> None:
+    """A StrideError that says how to install an optional library, instead of a bare ImportError."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise StrideError(f"method {method!r} needs the {module!r} library: {install}")
 
 
 def require_prepared(value: Any) -> Any:

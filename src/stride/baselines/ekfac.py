@@ -1,0 +1,241 @@
+"""EK-FAC influence functions (Grosse et al. 2023) through the `kronfluence` library.
+
+score[q, i] = grad L_q^T (G + damping I)^-1 grad L_i, with G the eigenvalue-corrected
+Kronecker-factored Gauss-Newton of the tracked linear layers, fitted on the training set.
+Kronfluence's pairwise scores already mean "positive = training on i lowers the query's loss"
+(the stride convention): its measurement here is the per-example mean cross-entropy over scored
+tokens and its training loss the sum of those per-example losses.
+
+Adaptations to Hugging Face causal LMs: kronfluence tracks `nn.Linear` (and `nn.Conv2d`), so GPT-2's
+`Conv1D` layers are replaced on a copy of the model by equivalent `nn.Linear` layers (same
+outputs, weight transposed); the padding mask is handed to kronfluence as an integer tensor, which
+it requires. By default only the linear layers inside the decoder blocks are tracked: the
+output head's gradient covariance would be vocab x vocab.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from stride.baselines.common import (BaselineAttributor, check_choice, check_positive, parse_settings, require_library,
+                                     require_prepared)  # fmt: skip
+from stride.data import Batch, TokenizedData
+from stride.errors import StrideError
+from stride.losses import sequence_losses
+from stride.models import decoder_blocks
+from stride.registry import MethodContext, register
+
+STRATEGIES = ("ekfac", "kfac", "diagonal", "identity")
+MODULE_SETS = ("blocks", "all")
+
+
+@dataclass
+class EkfacSettings:
+    """Attributes:
+        strategy: kronfluence's curvature approximation ("ekfac" is the method's own).
+        damping_factor: damping of the inverse; kronfluence's default 1e-8. None lets kronfluence
+            use its heuristic of 0.1 x the mean eigenvalue.
+        use_empirical_fisher: fit the curvature with the data's own next tokens instead of tokens
+            sampled from the model (kronfluence's default is the true Fisher, sampled).
+        modules: "blocks" (linear layers inside the decoder blocks) or "all" (also the output head).
+        batch_size: examples per batch when fitting factors and computing scores.
+    """
+
+    strategy: str = "ekfac"
+    damping_factor: float | None = 1e-8
+    use_empirical_fisher: bool = False
+    modules: str = "blocks"
+    batch_size: int = 16
+
+    def validate(self) -> None:
+        check_choice(self, "strategy", STRATEGIES)
+        check_choice(self, "modules", MODULE_SETS)
+        check_positive(self, "batch_size")
+        damping = self.damping_factor
+        if damping is not None and (not isinstance(damping, (int, float)) or damping < 0):
+            raise StrideError(f"damping_factor must be None or a non-negative number, got {self.damping_factor!r}")
+
+
+def linear_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose transformers `Conv1D` layers (y = x W + b, W: in x out) are nn.Linear."""
+    model = copy.deepcopy(model)
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if type(child).__name__ == "Conv1D" and hasattr(child, "nf"):
+                n_in, n_out = child.weight.shape
+                linear = nn.Linear(n_in, n_out, bias=child.bias is not None, dtype=child.weight.dtype)
+                with torch.no_grad():
+                    linear.weight.copy_(child.weight.T)
+                    if child.bias is not None:
+                        linear.bias.copy_(child.bias)
+                linear.requires_grad_(False)
+                setattr(parent, child_name, linear)
+    return model
+
+
+def _task_class() -> type:
+    from kronfluence.task import Task
+
+    class CausalLMTask(Task):
+        """Per-example mean cross-entropy over scored tokens, as kronfluence's training loss and measurement."""
+
+        def __init__(self, modules: list[str] | None, seed: int):
+            super().__init__()
+            self.modules = modules
+            self.generator = torch.Generator().manual_seed(seed)
+
+        @staticmethod
+        def _batch(batch: dict[str, torch.Tensor]) -> Batch:
+            return Batch(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+
+        def _logits(self, batch: Batch, model: nn.Module) -> torch.Tensor:
+            return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+
+        def compute_train_loss(self, batch: Any, model: nn.Module, sample: bool = False) -> torch.Tensor:
+            rows = self._batch(batch)
+            logits = self._logits(rows, model)
+            if sample:  # next tokens drawn from the model: the true Fisher
+                with torch.no_grad():
+                    probs = torch.softmax(logits[:, :-1].detach().float(), dim=-1)
+                    drawn = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=self.generator)
+                    drawn = drawn.reshape(probs.shape[:2])
+                rows = Batch(torch.cat([rows.input_ids[:, :1], drawn], dim=1), rows.attention_mask, rows.loss_mask)
+            return sequence_losses(logits, rows).sum()
+
+        def compute_measurement(self, batch: Any, model: nn.Module) -> torch.Tensor:
+            rows = self._batch(batch)
+            return sequence_losses(self._logits(rows, model), rows).sum()
+
+        def get_influence_tracked_modules(self) -> list[str] | None:
+            return self.modules
+
+        def get_attention_mask(self, batch: Any) -> torch.Tensor:
+            return batch["attention_mask"].long()
+
+    return CausalLMTask
+
+
+class _Examples(Dataset):
+    """(set tag, index) pairs: kronfluence uses one collate function for queries and training examples."""
+
+    def __init__(self, data: TokenizedData, tag: str):
+        self.data = data
+        self.tag = tag
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[str, int]:
+        return self.tag, index
+
+
+class _Collate:
+    """Pads a batch of (tag, index) pairs of one set into kronfluence's batch dict."""
+
+    def __init__(self, *sets: _Examples):
+        self.sets = {examples.tag: examples.data for examples in sets}
+
+    def __call__(self, items: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
+        tags = {tag for tag, _ in items}
+        if len(tags) != 1:
+            raise RuntimeError("a kronfluence batch mixed queries and training examples")
+        batch = self.sets[tags.pop()].batch([index for _, index in items])
+        return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "loss_mask": batch.loss_mask}
+
+
+def _tracked_names(model: nn.Module, which: str) -> list[str] | None:
+    if which == "all":
+        return None
+    inside = {id(m) for m in decoder_blocks(model).modules()}
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and id(m) in inside]
+    if not names:
+        raise StrideError("the decoder blocks hold no linear layers for EK-FAC to track")
+    return names
+
+
+class EkfacAttributor(BaselineAttributor):
+    name = "ekfac"
+
+    def __init__(self, context: MethodContext, settings: EkfacSettings):
+        super().__init__(context, settings)
+        self.analyzer_: Any = None
+        self.train_: _Examples | None = None
+        self._n_scored = 0
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    def _output_dir(self) -> Path:
+        if self.store is not None:
+            folder = self.store.root / "stages" / "kronfluence"
+            shutil.rmtree(folder, ignore_errors=True)
+            return folder
+        self._tmp = tempfile.TemporaryDirectory(prefix="stride-ekfac-")
+        return Path(self._tmp.name)
+
+    def prepare(self, train: TokenizedData) -> None:
+        from kronfluence.analyzer import Analyzer, prepare_model
+        from kronfluence.arguments import FactorArguments
+        from kronfluence.utils.dataset import DataLoaderKwargs
+
+        config = self.config
+        model = linear_copy(self.context.model)
+        model.eval()
+        task = _task_class()(_tracked_names(model, config.modules), self.seed)
+        self.train_ = _Examples(train, "train")
+        with self._timed("fit_factors"), self._quiet(), _library_warnings_off():
+            model = prepare_model(model, task)
+            self.analyzer_ = Analyzer(analysis_name="ekfac", model=model, task=task, cpu=True,
+                                      disable_tqdm=not self.context.progress, output_dir=str(self._output_dir()),
+                                      log_level=logging.ERROR)  # fmt: skip
+            self.analyzer_.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=_Collate(self.train_)))
+            torch.manual_seed(self.seed)
+            self.analyzer_.fit_all_factors(
+                factors_name="factors", dataset=self.train_, per_device_batch_size=config.batch_size,
+                factor_args=FactorArguments(strategy=config.strategy, use_empirical_fisher=config.use_empirical_fisher),
+                overwrite_output_dir=True,
+            )  # fmt: skip
+
+    def score(self, queries: TokenizedData) -> torch.Tensor:
+        from kronfluence.arguments import ScoreArguments
+        from kronfluence.utils.dataset import DataLoaderKwargs
+
+        analyzer = require_prepared(self.analyzer_)
+        name = f"scores_{self._n_scored}"
+        self._n_scored += 1
+        query_set = _Examples(queries, "queries")
+        with self._timed("score"), self._quiet(), _library_warnings_off():
+            analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=_Collate(query_set, self.train_)))
+            analyzer.compute_pairwise_scores(
+                scores_name=name, factors_name="factors", query_dataset=query_set,
+                train_dataset=self.train_, per_device_query_batch_size=self.config.batch_size,
+                per_device_train_batch_size=self.config.batch_size,
+                score_args=ScoreArguments(damping_factor=self.config.damping_factor), overwrite_output_dir=True,
+            )  # fmt: skip
+            scores = analyzer.load_pairwise_scores(name)["all_modules"]
+        return scores.float().contiguous()
+
+
+@contextlib.contextmanager
+def _library_warnings_off() -> Iterator[None]:
+    """kronfluence 1.0.1 builds a torch.cuda.amp.GradScaler (deprecated) even on CPU, warning every time."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*GradScaler")
+        yield
+
+
+@register("ekfac")
+def _create(context: MethodContext) -> EkfacAttributor:
+    require_library("kronfluence", "pip install --no-deps kronfluence==1.0.1 and pip install einops einconv opt-einsum "
+                    "accelerate (a plain install of kronfluence pulls a CUDA build of torch)", "ekfac")
+    return EkfacAttributor(context, parse_settings(EkfacSettings, context.settings, "ekfac"))

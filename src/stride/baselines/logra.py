@@ -1,0 +1,213 @@
+"""LoGra (Choe et al. 2024, "What is your data worth to GPT?"): low-rank gradient projection.
+
+For a linear layer y = W x, an example's gradient is sum_t delta_t x_t^T (delta = d loss / d y).
+LoGra projects it with a Kronecker-structured matrix, P_out (sum_t delta_t x_t^T) P_in^T =
+sum_t (P_out delta_t)(P_in x_t)^T, so only the rank-r projections of the layer's inputs and output
+gradients are ever formed (forward hooks and tensor hooks, one batch at a time), never the full
+per-example gradient. Per layer l the projected gradients g_l (r_out * r_in numbers) are then
+preconditioned with the damped empirical Fisher of the training set in the projected space,
+H_l = G_l^T G_l / n + lambda_l I, lambda_l = 0.1 x the mean eigenvalue of G_l^T G_l / n (LogIX's
+"raw" Hessian and its default damping), and
+    score[q, i] = sum_l g_l(q)^T H_l^-1 g_l(i).
+Positive means "upweighting i lowers the query's loss" (an influence function with the
+minus signs of upweighting and of the loss change cancelling): the stride convention.
+
+The projections are seeded Gaussian matrices (LoGra's "random" initialisation); a side whose
+dimension is at most `rank` is not projected at all (exact). GPT-2's `Conv1D` and `nn.Linear`
+are both tracked, inside the decoder blocks by default.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from stride.baselines.common import (BaselineAttributor, check_choice, check_positive, index_batches, parse_settings,
+                                     require_prepared)  # fmt: skip
+from stride.data import TokenizedData
+from stride.errors import StrideError
+from stride.losses import sequence_losses
+from stride.models import decoder_blocks
+from stride.registry import MethodContext, register
+
+MODULE_SETS = ("blocks", "all")
+
+
+@dataclass
+class LograSettings:
+    """Attributes:
+        rank: projection rank per side (input and output gradient); the paper's default is 64,
+            so a layer's projected gradient has up to 64 x 64 = 4096 numbers.
+        damping_ratio: lambda_l = damping_ratio x mean eigenvalue of layer l's projected Fisher.
+        modules: "blocks" (linear layers inside the decoder blocks) or "all" (also the output head).
+        batch_size: examples per forward/backward pass.
+    """
+
+    rank: int = 64
+    damping_ratio: float = 0.1
+    modules: str = "blocks"
+    batch_size: int = 16
+
+    def validate(self) -> None:
+        check_positive(self, "rank", "damping_ratio", "batch_size")
+        check_choice(self, "modules", MODULE_SETS)
+
+
+def layer_dims(module: nn.Module) -> tuple[int, int] | None:
+    """(inputs, outputs) of an nn.Linear or a transformers Conv1D (weight: inputs x outputs); else None."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:
+        n_in, n_out = module.weight.shape
+        return n_in, n_out
+    return None
+
+
+def tracked_layers(model: nn.Module, which: str) -> dict[str, nn.Module]:
+    inside = {id(m) for m in decoder_blocks(model).modules()} if which == "blocks" else None
+    layers = {name: m for name, m in model.named_modules()
+              if layer_dims(m) is not None and (inside is None or id(m) in inside)}  # fmt: skip
+    if not layers:
+        raise StrideError("the model has no linear layers for LoGra to track")
+    return layers
+
+
+class KroneckerProjector:
+    """Seeded P_in (r_in x inputs) and P_out (r_out x outputs) per layer; None means no projection."""
+
+    def __init__(self, layers: dict[str, nn.Module], rank: int, seed: int):
+        self.matrices: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+        self.shapes: dict[str, tuple[int, int]] = {}  # (r_out, r_in): a layer's projected gradient
+        for position, (name, module) in enumerate(layers.items()):
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + position)
+            n_in, n_out = layer_dims(module)
+            self.matrices[name] = (self._draw(n_in, rank, generator), self._draw(n_out, rank, generator))
+            self.shapes[name] = (min(n_out, rank), min(n_in, rank))
+
+    @staticmethod
+    def _draw(dim: int, rank: int, generator: torch.Generator) -> torch.Tensor | None:
+        if dim <= rank:
+            return None
+        return torch.randn(rank, dim, generator=generator) / math.sqrt(rank)
+
+
+def _apply(matrix: torch.Tensor | None, values: torch.Tensor) -> torch.Tensor:
+    return values if matrix is None else values @ matrix.T
+
+
+def projected_layer_gradients(model: nn.Module, layers: dict[str, nn.Module], projector: KroneckerProjector,
+                              data: TokenizedData, batch_size: int) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Per layer, every example's projected loss gradient P_out (sum_t delta_t x_t^T) P_in^T -> [n, r_out * r_in]."""
+    inputs: dict[str, torch.Tensor] = {}
+    grads: dict[str, torch.Tensor] = {}
+
+    def capture(name: str):
+        p_in, p_out = projector.matrices[name]
+
+        def on_output_grad(grad: torch.Tensor) -> None:
+            grads[name] = _apply(p_out, grad.detach().float())
+
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            inputs[name] = _apply(p_in, args[0].detach().float())
+            tensor = output[0] if isinstance(output, tuple) else output
+            if tensor.requires_grad:
+                tensor.register_hook(on_output_grad)
+
+        return hook
+
+    def make_differentiable(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        # the model is frozen: a graph from the embeddings on is enough to reach every layer's output
+        return output.detach().requires_grad_(True)
+
+    handles = [module.register_forward_hook(capture(name)) for name, module in layers.items()]
+    embedding = model.get_input_embeddings()
+    handles.append(embedding.register_forward_hook(make_differentiable))
+    out = {name: [] for name in layers}
+    try:
+        for indices in index_batches(len(data), batch_size):
+            batch = data.batch(indices)
+            with torch.enable_grad():
+                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+                # the batch's losses are summed: each example's output gradients are those of its own loss
+                loss = sequence_losses(logits, batch).sum()
+                loss.backward()
+            for name in layers:
+                if name not in grads:  # a layer the loss does not depend on
+                    grads[name] = torch.zeros(*inputs[name].shape[:2], projector.shapes[name][0])
+                per_example = torch.einsum("bto,bti->boi", grads[name], inputs[name])
+                out[name].append(per_example.reshape(len(indices), -1))
+            inputs.clear()
+            grads.clear()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: torch.cat(parts) for name, parts in out.items()}
+
+
+def preconditioned(features: torch.Tensor, damping_ratio: float) -> tuple[torch.Tensor, float]:
+    """G (G^T G / n + lambda I)^-1 for G [n, d], lambda = damping_ratio x mean eigenvalue of G^T G / n.
+
+    Computed from the thin SVD G = U S V^T: G H^-1 = U diag(s / (s^2 / n + lambda)) V^T (exact, since
+    G's rows lie in the span of V); it costs n d min(n, d) and never forms a d x d inverse."""
+    n, d = features.shape
+    work = features.double()
+    u, s, vh = torch.linalg.svd(work, full_matrices=False)
+    damping = damping_ratio * float(s.pow(2).sum()) / (n * d)
+    if damping <= 0:  # an all-zero layer (e.g. gradients that vanish): it contributes nothing
+        return torch.zeros_like(features), 0.0
+    scaled = u * (s / (s.pow(2) / n + damping))
+    return (scaled @ vh).float(), damping
+
+
+class LograAttributor(BaselineAttributor):
+    name = "logra"
+
+    def __init__(self, context: MethodContext, settings: LograSettings):
+        super().__init__(context, settings)
+        self.layers_: dict[str, nn.Module] = {}
+        self.projector_: KroneckerProjector | None = None
+        self.train_: torch.Tensor | None = None
+        self.dampings_: dict[str, float] = {}
+
+    def settings(self) -> dict[str, Any]:
+        shapes = self.projector_.shapes if self.projector_ is not None else {}
+        return {**super().settings(), "projected_shapes": {n: list(s) for n, s in shapes.items()},
+                "dampings": self.dampings_}
+
+    def _gradients(self, data: TokenizedData) -> dict[str, torch.Tensor]:
+        model, batch_size = self.context.model, self.config.batch_size
+        return projected_layer_gradients(model, self.layers_, self.projector_, data, batch_size)
+
+    def prepare(self, train: TokenizedData) -> None:
+        config = self.config
+        self.layers_ = tracked_layers(self.context.model, config.modules)
+        self.projector_ = KroneckerProjector(self.layers_, config.rank, self.seed)
+        args = {"model": self.context.model_digest, "train": train.digest, "rank": config.rank,
+                "damping_ratio": config.damping_ratio, "modules": config.modules, "seed": self.seed}  # fmt: skip
+
+        def fit() -> dict[str, torch.Tensor]:
+            grads = self._gradients(train)
+            parts = []
+            for name, features in grads.items():
+                part, self.dampings_[name] = preconditioned(features, config.damping_ratio)
+                parts.append(part)
+            return {"preconditioned": torch.cat(parts, dim=1), "dampings": torch.tensor(list(self.dampings_.values()))}
+
+        stored = self._stage("train_features", args, fit)
+        self.train_ = stored["preconditioned"]
+        self.dampings_ = dict(zip(self.layers_, stored["dampings"].tolist()))
+
+    def score(self, queries: TokenizedData) -> torch.Tensor:
+        train = require_prepared(self.train_)
+        with self._timed("score"):
+            query = torch.cat(list(self._gradients(queries).values()), dim=1)
+            return (query @ train.T).float()
+
+
+@register("logra")
+def _create(context: MethodContext) -> LograAttributor:
+    return LograAttributor(context, parse_settings(LograSettings, context.settings, "logra"))

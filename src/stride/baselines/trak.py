@@ -1,0 +1,215 @@
+"""TRAK (Park et al. 2023) through the `traker` library, with a causal-LM model output.
+
+TRAK linearises a model output f around each checkpoint, projects its per-example gradients with
+a random matrix P (phi = P^T grad f), and scores
+    tau(q, i) = phi(q)^T (Phi^T Phi + lambda I)^-1 phi(i) * Q(i),
+averaged over checkpoints, with Q(i) = -d loss / d f on training example i.
+
+Model output (`output`):
+- "loss" (default): f = minus the per-example mean cross-entropy over scored tokens, the very
+  loss every stride method attributes; then Q = 1.
+- "margin": TRAK's margin form applied per token, f = mean over scored tokens of
+  log(p / (1 - p)) of the next token, with Q = mean over scored tokens of (1 - p).
+Either way f grows when the loss falls, so a positive score means "training on i lowers the
+query's loss", the stride convention.
+
+Pitfalls of traker 0.3.2 handled here: its CPU projector frees a single-block projection matrix
+before scoring (we always use at least two blocks); `load_from_save_dir=False` never writes the
+experiments file scoring needs (we use True on a fresh folder); `finalize_features` frees the
+projection matrix with a `del` that fails on its second call (needed here for one lambda per
+checkpoint: we put a placeholder back first); GPT-2's padding check cannot be
+vmap-traced (we work on a copy of the model with `pad_token_id=None`, which leaves the computation
+unchanged, and eager attention); with proj_dim near or above n_train, Phi^T Phi is singular, so
+lambda defaults to 0.1 x its mean eigenvalue for each checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.func import functional_call
+
+from stride.baselines.common import (BaselineAttributor, Checkpoint, check_checkpoint_settings, check_choice,
+                                     check_positive, index_batches, load_checkpoints, parse_settings,
+                                     require_library, require_prepared)  # fmt: skip
+from stride.data import Batch, TokenizedData
+from stride.errors import StrideError
+from stride.losses import sequence_losses
+from stride.registry import MethodContext, register
+
+OUTPUTS = ("loss", "margin")
+
+
+@dataclass
+class TrakSettings:
+    """Attributes:
+        proj_dim: dimension k of the TRAK features; 2048 is TRAKer's default and the authors'
+            recommendation for most models (raise it for larger models and training sets).
+        output: the linearised model output, "loss" or "margin" (see the module docstring).
+        lambda_reg: ridge term added to Phi^T Phi; None means lambda_ratio x its mean eigenvalue.
+        lambda_ratio: the factor of that rule (0.1).
+        projection_block: columns of the projection matrix generated at once on CPU (at least two
+            blocks are always used).
+        batch_size: examples per vmap'ed gradient batch.
+        checkpoints: further model folders (same architecture and tokenizer): TRAK's ensemble.
+        include_model: also use the attributed model itself.
+    """
+
+    proj_dim: int = 2048
+    output: str = "loss"
+    lambda_reg: float | None = None
+    lambda_ratio: float = 0.1
+    projection_block: int = 100
+    batch_size: int = 16
+    checkpoints: list[str] = field(default_factory=list)
+    include_model: bool = True
+
+    def validate(self) -> None:
+        check_positive(self, "proj_dim", "lambda_ratio", "projection_block", "batch_size")
+        if self.proj_dim < 2:
+            raise StrideError(f"proj_dim must be at least 2, got {self.proj_dim}")
+        check_choice(self, "output", OUTPUTS)
+        if self.lambda_reg is not None and (not isinstance(self.lambda_reg, (int, float)) or self.lambda_reg < 0):
+            raise StrideError(f"lambda_reg must be None or a non-negative number, got {self.lambda_reg!r}")
+        check_checkpoint_settings(self.checkpoints, None)
+
+
+def _model_output_class() -> type:
+    from trak.modelout_functions import AbstractModelOutput
+
+    class CausalLMOutput(AbstractModelOutput):
+        """Per-example output f (higher = lower loss) and Q = -d loss / d f for traker."""
+
+        def __init__(self, form: str):
+            super().__init__()
+            self.form = form
+
+        def _token_terms(self, logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+            """Per-token log-probability of the next token and the float mask of scored tokens."""
+            log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            chosen = log_probs.gather(-1, batch.input_ids[:, 1:, None])[..., 0]
+            return chosen, batch.loss_mask[:, 1:].to(chosen.dtype)
+
+        def get_output(self, model, weights, buffers, input_ids, attention_mask, loss_mask) -> torch.Tensor:
+            row = Batch(input_ids[None], attention_mask[None], loss_mask[None])
+            kwargs = {"input_ids": row.input_ids, "attention_mask": row.attention_mask, "use_cache": False}
+            logits = functional_call(model, (weights, buffers), args=(), kwargs=kwargs).logits
+            if self.form == "loss":
+                return -sequence_losses(logits, row)[0]
+            chosen, mask = self._token_terms(logits, row)
+            # log(p / (1 - p)) with 1 - p = -expm1(log p), stable for p near 1
+            margins = chosen - torch.log(-torch.expm1(chosen).clamp_max(-1e-12))
+            return (margins * mask).sum() / mask.sum().clamp_min(1.0)
+
+        def get_out_to_loss_grad(self, model, weights, buffers, batch) -> torch.Tensor:
+            input_ids, attention_mask, loss_mask = batch
+            if self.form == "loss":
+                return torch.ones(input_ids.shape[0], 1)
+            rows = Batch(input_ids, attention_mask, loss_mask)
+            kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+            with torch.no_grad():
+                logits = functional_call(model, (weights, buffers), args=(), kwargs=kwargs).logits
+                chosen, mask = self._token_terms(logits, rows)
+                return (((1 - chosen.exp()) * mask).sum(1) / mask.sum(1).clamp_min(1.0))[:, None]
+
+    return CausalLMOutput
+
+
+class TrakAttributor(BaselineAttributor):
+    name = "trak"
+
+    def __init__(self, context: MethodContext, settings: TrakSettings):
+        super().__init__(context, settings)
+        self.traker_: Any = None
+        self.checkpoints_: list[Checkpoint] = []
+        self.lambdas_: list[float] = []
+        self._n_scored = 0
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "lambda_used": self.lambdas_}
+
+    def _save_dir(self) -> Path:
+        """A fresh folder for traker's memory maps (inside the run folder when there is one)."""
+        if self.store is not None:
+            folder = self.store.root / "stages" / "trak"
+            shutil.rmtree(folder, ignore_errors=True)
+            return folder
+        self._tmp = tempfile.TemporaryDirectory(prefix="stride-trak-")
+        return Path(self._tmp.name) / "trak"
+
+    def prepare(self, train: TokenizedData) -> None:
+        from trak import TRAKer
+        from trak.projectors import BasicProjector, ProjectionType
+
+        config = self.config
+        self.checkpoints_ = load_checkpoints(self.context, config.checkpoints, config.include_model)
+        model = copy.deepcopy(self.checkpoints_[0].model)
+        model.config.pad_token_id = None  # GPT-2's padding check cannot be traced by vmap
+        if hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation("eager")
+        n_params = sum(p.numel() for p in model.parameters())
+        block = min(config.projection_block, math.ceil(config.proj_dim / 2))  # >= 2 blocks
+        projector = BasicProjector(grad_dim=n_params, proj_dim=config.proj_dim, seed=self.seed,
+                                   proj_type=ProjectionType.normal, device="cpu", block_size=block)  # fmt: skip
+        with self._timed("featurize"):
+            self.traker_ = TRAKer(
+                model=model, task=_model_output_class()(config.output), train_set_size=len(train),
+                save_dir=str(self._save_dir()), load_from_save_dir=True, device="cpu", projector=projector,
+                proj_dim=config.proj_dim, use_half_precision=False, logging_level=logging.ERROR,
+                projector_seed=self.seed,
+            )  # fmt: skip
+            for model_id, checkpoint in enumerate(self.checkpoints_):
+                self.traker_.load_checkpoint(checkpoint.model.state_dict(), model_id=model_id)
+                for indices in index_batches(len(train), config.batch_size):
+                    batch = train.batch(indices)
+                    self.traker_.featurize(batch=(batch.input_ids, batch.attention_mask, batch.loss_mask),
+                                           inds=np.asarray(indices))  # fmt: skip
+        with self._timed("finalize_features"), self._quiet():
+            self.lambdas_ = []
+            for model_id in range(len(self.checkpoints_)):
+                self.traker_.saver.load_current_store(model_id)
+                grads = torch.as_tensor(np.asarray(self.traker_.saver.current_store["grads"]), dtype=torch.float64)
+                if config.lambda_reg is None:
+                    lam = config.lambda_ratio * float(grads.pow(2).sum()) / config.proj_dim  # trace / k
+                else:
+                    lam = float(config.lambda_reg)
+                self.lambdas_.append(lam)
+                self.traker_.score_computer.lambda_reg = lam
+                projector = self.traker_.projector
+                if not getattr(projector, "proj_matrix_available", True):
+                    # finalize_features frees the projection matrix with an unconditional `del`, which
+                    # fails the second time; a placeholder lets it run (projection regenerates the blocks)
+                    projector.proj_matrix = torch.empty(0)
+                self.traker_.finalize_features(model_ids=[model_id])
+
+    def score(self, queries: TokenizedData) -> torch.Tensor:
+        traker = require_prepared(self.traker_)
+        experiment = f"queries_{self._n_scored}"
+        self._n_scored += 1
+        with self._timed("score"):
+            for model_id, checkpoint in enumerate(self.checkpoints_):
+                traker.start_scoring_checkpoint(experiment, checkpoint.model.state_dict(), model_id=model_id,
+                                                num_targets=len(queries))  # fmt: skip
+                for indices in index_batches(len(queries), self.config.batch_size):
+                    batch = queries.batch(indices)
+                    traker.score(batch=(batch.input_ids, batch.attention_mask, batch.loss_mask),
+                                 inds=np.asarray(indices))  # fmt: skip
+            with self._quiet():
+                scores = traker.finalize_scores(exp_name=experiment)
+        return torch.as_tensor(np.array(scores, dtype=np.float32)).T.contiguous()
+
+
+@register("trak")
+def _create(context: MethodContext) -> TrakAttributor:
+    require_library("trak", "pip install traker==0.3.2", "trak")
+    return TrakAttributor(context, parse_settings(TrakSettings, context.settings, "trak"))
