@@ -214,3 +214,34 @@ def lds(scores_path: str | Path, groundtruth_dir: str | Path, out_path: str | Pa
 
         plot_lds(report, scores, subsets, losses, plot_path)
     return report
+
+
+def counterfactual(
+    model_dir: str | Path, train_path: str | Path, queries_path: str | Path, scores_path: str | Path,
+    out_dir: str | Path, regime: str = "finetune", base_dir: str | Path | None = None,
+    ks: tuple[int, ...] | list[int] = (10, 20, 50), n_seeds: int = 2, queries_subset: int | list[int] | None = None,
+    recipe: dict[str, Any] | None = None, seed: int = 0, workers: int = 2, threads_per_worker: int = 1,
+    progress: bool = True, plot_path: str | Path | None = None,
+) -> Any:  # fmt: skip
+    """Remove each query's top-k attributed (and k random) training examples, retrain, compare the
+    query's loss with the full-data retrain (see stride.evaluation.counterfactual); writes
+    `report.json` in `out_dir` and returns the report. `queries_subset`: a number of queries drawn
+    at random with `seed`, or query indices (default: all queries)."""
+    from stride.data import read_examples
+    from stride.evaluation.counterfactual import CounterfactualSpec, plot_counterfactual, run_counterfactual, select_queries
+    from stride.lm_training import LMRecipe
+
+    if recipe is None and (Path(model_dir) / "recipe.json").is_file():
+        recipe = json.loads((Path(model_dir) / "recipe.json").read_text())["recipe"]
+    recipe_values = dataclasses.asdict(LMRecipe.from_dict(recipe or {}))
+    scores = load_scores(scores_path)
+    spec = CounterfactualSpec(
+        model=str(model_dir), train=str(train_path), queries=str(queries_path), scores=str(scores_path),
+        query_indices=select_queries(len(read_examples(queries_path)), queries_subset, seed), ks=list(ks),
+        regime=regime, base=str(base_dir) if base_dir else None, n_seeds=n_seeds, seed=seed, recipe=recipe_values,
+    )  # fmt: skip
+    report = run_counterfactual(spec, scores, out_dir, workers=workers, threads_per_worker=threads_per_worker,
+                                progress=progress)  # fmt: skip
+    if plot_path is not None:
+        plot_counterfactual(report, plot_path)
+    return report

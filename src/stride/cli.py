@@ -77,6 +77,39 @@ def _lds(args: argparse.Namespace) -> None:
           f"{report.n_queries - report.n_excluded} queries, {report.n_subsets} subsets{ceiling}); wrote {out}")
 
 
+def _counterfactual(args: argparse.Namespace) -> None:
+    import importlib.util
+
+    from stride.api import counterfactual
+    from stride.config import read_mapping_file
+
+    subset = None
+    if args.queries_subset:
+        tokens = [t for token in args.queries_subset for t in token.split(",") if t]
+        if not tokens or not all(t.isdigit() for t in tokens):
+            raise StrideError(f"--queries-subset takes a number of queries or query indices, got {args.queries_subset}")
+        single = len(args.queries_subset) == 1 and "," not in args.queries_subset[0]
+        subset = int(tokens[0]) if single else [int(t) for t in tokens]
+    plot = None if args.no_plot else Path(args.out) / "counterfactual.png"
+    if plot is not None and importlib.util.find_spec("matplotlib") is None:
+        warnings.warn("matplotlib is not installed, so no plot is drawn (pip install 'stride-tda[plots]')")
+        plot = None
+    report = counterfactual(
+        args.model, args.train, args.queries, args.scores, args.out, regime=args.regime, base_dir=args.base,
+        ks=args.k, n_seeds=args.seeds, queries_subset=subset, recipe=read_mapping_file(args.recipe) if args.recipe else None,
+        seed=args.seed, workers=args.workers, threads_per_worker=args.threads or 1, progress=not args.quiet,
+        plot_path=plot,
+    )  # fmt: skip
+    print(f"loss increase over the full-data retrain ({len(report.query_indices)} queries, {report.n_seeds} seeds, "
+          f"mean [{report.confidence:.0%} CI]):")
+    print(f"{'k':>6}  {'top-k removed':<26}{'random removed':<26}difference")
+    for row in report.per_k():
+        cells = [f"{row[key]['mean']:+.4f} [{row[key]['ci_low']:+.4f}, {row[key]['ci_high']:+.4f}]"
+                 for key in ("top_k", "random", "difference")]  # fmt: skip
+        print(f"{row['k']:>6}  {cells[0]:<26}{cells[1]:<26}{cells[2]}")
+    print(f"wrote {args.out}/report.json" + (f" and {plot}" if plot else ""))
+
+
 def _demo(args: argparse.Namespace) -> None:
     from stride.demo import run_demo
 
@@ -133,6 +166,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", help="JSON report (default: lds.json beside the scores); a PNG goes beside it")
     sub.add_argument("--no-plot", action="store_true")
     sub.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+
+    sub = command("counterfactual", _counterfactual, "remove each query's top-k attributed training examples, "
+                  "retrain, and compare its loss with removing k random ones")  # fmt: skip
+    sub.add_argument("--model", required=True, help="the attributed model (tokenizer, architecture, recipe.json)")
+    sub.add_argument("--train", required=True)
+    sub.add_argument("--queries", required=True)
+    sub.add_argument("--scores", required=True, help="scores.safetensors (or its folder) or a .npy file, [queries x train]")
+    sub.add_argument("--out", required=True, help="counterfactual folder (resumable); report.json and a PNG go there")
+    sub.add_argument("--regime", choices=["finetune", "scratch"], default="finetune")
+    sub.add_argument("--base", help="finetune regime: the model every retrain starts from")
+    sub.add_argument("--k", type=int, nargs="+", default=[10, 20, 50], help="numbers of removed examples")
+    sub.add_argument("--seeds", type=int, default=2)
+    sub.add_argument("--queries-subset", nargs="+", metavar="N|INDEX",
+                     help="one number N: N queries drawn at random with --seed; or query indices (0 3 7 or 0,3,7; "
+                          "one index: 5,)")  # fmt: skip
+    sub.add_argument("--workers", type=int, default=2, help="retraining processes (threads each: --threads, default 1)")
+    sub.add_argument("--recipe", help="JSON/YAML LMRecipe (default: the model's recipe.json)")
+    sub.add_argument("--no-plot", action="store_true")
+    sub.add_argument("--seed", type=int, default=0, help="seed of the random removals, the query draw and the CIs")
 
     sub = command("demo", _demo, "the embedded default: tiny LM on the fortune corpus + attribution")
     sub.add_argument("--out", default="runs/demo", help="folder for corpus, model and scores (cached)")

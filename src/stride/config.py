@@ -41,7 +41,7 @@ class StrideConfig:
         checkpoint_every: training steps between two resumable checkpoints.
     """
 
-    form: str = "residual"
+    form: str = "logit"
     layer: int | None = None
     rank: int = 16
     n_subsets: int = 300

@@ -22,6 +22,7 @@ from stride.config import settings_from_dict
 from stride.errors import StrideError
 from stride.losses import sequence_losses
 from stride.models import context_length, load_causal_lm
+from stride.reproducibility import deterministic_algorithms
 from stride.store import write_json
 
 ARCHITECTURES = ("gpt2", "llama")
@@ -115,6 +116,11 @@ def train_causal_lm(
     indices = torch.as_tensor(list(range(len(data))) if indices is None else list(indices), dtype=torch.long)
     if len(indices) == 0:
         raise StrideError("cannot train on an empty set of examples")
+    with deterministic_algorithms():
+        return _optimise(model, data, recipe, indices, progress)
+
+
+def _optimise(model: nn.Module, data: TokenizedData, recipe: LMRecipe, indices: torch.Tensor, progress: bool) -> list[float]:
     steps_per_epoch = math.ceil(len(indices) / recipe.batch_size)
     total = steps_per_epoch * recipe.epochs
     warmup = max(1, int(recipe.warmup_fraction * total))

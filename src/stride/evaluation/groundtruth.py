@@ -9,6 +9,9 @@ training set, as TRAK/dattri with alpha=0.5 or the STRIDE paper with alpha=0.3) 
 The folder holds `subsets.safetensors` + `spec.json`, one file per finished retrain under
 `retrains/`, so a killed run continues where it stopped, and at the end `losses.safetensors`
 ([seeds, subsets, queries]) and `summary.json` (with the seed-vs-seed ceiling).
+
+The retraining machinery (`claim_folder`, `run_retrains` and its worker functions) is shared with
+`stride.evaluation.counterfactual`: a job is (label, seed, kept training indices, output file).
 """
 
 from __future__ import annotations
@@ -77,7 +80,9 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(spec: dict[str, Any], threads: int) -> None:
-    """Load tokenizer and data once per worker process (kept alive across retrains)."""
+    """Load tokenizer and data once per worker process (kept alive across retrains).
+
+    `spec` needs the keys model, train, queries, regime, base and recipe (as in `GroundTruthSpec`)."""
     torch.set_num_threads(threads)
     from stride.data import load_data
     from stride.models import context_length, load_causal_lm
@@ -90,13 +95,15 @@ def _init_worker(spec: dict[str, Any], threads: int) -> None:
     )  # fmt: skip
 
 
-def _retrain(job: tuple[int, int, np.ndarray, str]) -> tuple[int, int, float]:
-    """Train one model on one subset with one seed; save the query losses; return seconds."""
+def _retrain(job: tuple[str, int, np.ndarray, str]) -> tuple[str, int, float]:
+    """Train one model on the training examples at `indices` with one seed; save every query's loss.
+
+    The job is (label for messages, seed, indices, output file); returns (label, seed, seconds)."""
     import transformers
 
     from stride.lm_training import example_losses, train_causal_lm
 
-    subset, seed, indices, path = job
+    label, seed, indices, path = job
     started = time.perf_counter()
     spec = _WORKER["spec"]
     recipe = LMRecipe.from_dict({**spec["recipe"], "seed": spec["recipe"]["seed"] + 1000 * seed})
@@ -108,11 +115,43 @@ def _retrain(job: tuple[int, int, np.ndarray, str]) -> tuple[int, int, float]:
     train_causal_lm(model, _WORKER["train"], recipe, indices=indices.tolist(), progress=False)
     losses = example_losses(model, _WORKER["queries"])
     if not torch.isfinite(losses).all():
-        raise StrideError(f"retrain of subset {subset} (seed {seed}) produced NaN/inf query losses")
+        raise StrideError(f"retrain on {label} (seed {seed}) produced NaN/inf query losses")
     partial = path + ".partial"
     save_file({"losses": losses}, partial)
     os.replace(partial, path)
-    return subset, seed, time.perf_counter() - started
+    return label, seed, time.perf_counter() - started
+
+
+def claim_folder(out_dir: Path, identity: dict[str, Any], what: str) -> None:
+    """Record `identity` in `out_dir/spec.json`, or refuse a folder whose spec.json records another."""
+    import json
+
+    spec_path = out_dir / "spec.json"
+    if spec_path.exists():
+        saved = json.loads(spec_path.read_text())
+        if saved != to_json(identity):
+            raise StrideError(f"{out_dir} holds {what} with another spec; choose another folder")
+    else:
+        write_json(spec_path, identity)
+
+
+def run_retrains(spec: dict[str, Any], todo: list[tuple[str, int, np.ndarray, str]], total: int, workers: int,
+                 threads_per_worker: int, progress: bool) -> list[float]:  # fmt: skip
+    """Run the unfinished retrain jobs `todo` (of `total`) on a spawn pool; seconds per retrain."""
+    seconds: list[float] = []
+    if not todo:
+        return seconds
+    bar = tqdm(total=total, initial=total - len(todo), desc="retraining", disable=not progress, unit="model")
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(min(workers, len(todo)), initializer=_init_worker,
+                      initargs=(to_json(spec), threads_per_worker)) as pool:  # fmt: skip
+        for _, _, took in pool.imap_unordered(_retrain, todo):
+            seconds.append(took)
+            bar.update(1)
+        pool.close()  # let the workers exit on their own (terminate() leaks their semaphores)
+        pool.join()
+    bar.close()
+    return seconds
 
 
 def run_groundtruth(spec: GroundTruthSpec, out_dir: str | Path, workers: int = 2, threads_per_worker: int = 1,
@@ -127,15 +166,7 @@ def run_groundtruth(spec: GroundTruthSpec, out_dir: str | Path, workers: int = 2
     n_train = len(read_examples(spec.train))
     identity = {**dataclasses.asdict(spec), "train_digest": file_digest(spec.train),
                 "queries_digest": file_digest(spec.queries)}  # fmt: skip
-    spec_path = out_dir / "spec.json"
-    if spec_path.exists():
-        import json
-
-        saved = json.loads(spec_path.read_text())
-        if saved != to_json(identity):
-            raise StrideError(f"{out_dir} holds ground truth with another spec; choose another folder")
-    else:
-        write_json(spec_path, identity)
+    claim_folder(out_dir, identity, "ground truth")
     subsets_path = out_dir / "subsets.safetensors"
     if subsets_path.exists():
         subsets = load_file(str(subsets_path))["subsets"].numpy().astype(bool)
@@ -143,20 +174,12 @@ def run_groundtruth(spec: GroundTruthSpec, out_dir: str | Path, workers: int = 2
         subsets = draw_subsets(n_train, spec.n_subsets, spec.protocol, spec.fraction, spec.seed)
         save_file({"subsets": torch.as_tensor(subsets.astype(np.uint8))}, str(subsets_path))
     jobs = [
-        (j, s, np.flatnonzero(subsets[j]), str(out_dir / "retrains" / f"{j:04d}_{s}.safetensors"))
+        (f"subset {j}", s, np.flatnonzero(subsets[j]), str(out_dir / "retrains" / f"{j:04d}_{s}.safetensors"))
         for s in range(spec.n_seeds) for j in range(spec.n_subsets)
     ]  # fmt: skip
     todo = [job for job in jobs if not Path(job[3]).exists()]
     started = time.perf_counter()
-    seconds = []
-    if todo:
-        bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="retraining", disable=not progress, unit="model")
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(workers, initializer=_init_worker, initargs=(to_json(dataclasses.asdict(spec)), threads_per_worker)) as pool:
-            for _, _, took in pool.imap_unordered(_retrain, todo):
-                seconds.append(took)
-                bar.update(1)
-        bar.close()
+    seconds = run_retrains(dataclasses.asdict(spec), todo, len(jobs), workers, threads_per_worker, progress)
     losses = torch.stack([
         torch.stack([load_file(jobs[s * spec.n_subsets + j][3])["losses"] for j in range(spec.n_subsets)])
         for s in range(spec.n_seeds)

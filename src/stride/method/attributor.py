@@ -25,6 +25,7 @@ from stride.method.steering import SteeredModel
 from stride.method.train import OperatorTrainer
 from stride.models import decoder_blocks, default_layer
 from stride.registry import MethodContext, register
+from stride.reproducibility import deterministic_algorithms
 from stride.store import RunStore
 
 TRAINING_FIELDS = (
@@ -118,7 +119,8 @@ class StrideAttributor(Attributor):
             checkpoint = None
             if self.store is not None:
                 checkpoint = self.store.checkpoint_path("operators", self._operator_args)
-            log = trainer.train(checkpoint=checkpoint, progress=self.progress, on_step=self._on_step)
+            with deterministic_algorithms():
+                log = trainer.train(checkpoint=checkpoint, progress=self.progress, on_step=self._on_step)
             return dict(bank.state_dict()), {
                 "steps": log.steps, "resumed_from_step": log.resumed_from_step,
                 "epoch_fidelity": log.epoch_fidelity, "epoch_stability": log.epoch_stability,
