@@ -228,7 +228,8 @@ def counterfactual(
     `report.json` in `out_dir` and returns the report. `queries_subset`: a number of queries drawn
     at random with `seed`, or query indices (default: all queries)."""
     from stride.data import read_examples
-    from stride.evaluation.counterfactual import CounterfactualSpec, plot_counterfactual, run_counterfactual, select_queries
+    from stride.evaluation.counterfactual import (CounterfactualSpec, plot_counterfactual, run_counterfactual,
+                                                  select_queries)  # fmt: skip
     from stride.lm_training import LMRecipe
 
     if recipe is None and (Path(model_dir) / "recipe.json").is_file():

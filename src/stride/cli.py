@@ -94,19 +94,20 @@ def _counterfactual(args: argparse.Namespace) -> None:
     if plot is not None and importlib.util.find_spec("matplotlib") is None:
         warnings.warn("matplotlib is not installed, so no plot is drawn (pip install 'stride-tda[plots]')")
         plot = None
+    recipe = read_mapping_file(args.recipe) if args.recipe else None
     report = counterfactual(
         args.model, args.train, args.queries, args.scores, args.out, regime=args.regime, base_dir=args.base,
-        ks=args.k, n_seeds=args.seeds, queries_subset=subset, recipe=read_mapping_file(args.recipe) if args.recipe else None,
-        seed=args.seed, workers=args.workers, threads_per_worker=args.threads or 1, progress=not args.quiet,
-        plot_path=plot,
+        ks=args.k, n_seeds=args.seeds, queries_subset=subset, recipe=recipe, seed=args.seed, workers=args.workers,
+        threads_per_worker=args.threads or 1, progress=not args.quiet, plot_path=plot,
     )  # fmt: skip
-    print(f"loss increase over the full-data retrain ({len(report.query_indices)} queries, {report.n_seeds} seeds, "
+    seeds = f"{report.n_seeds} seed" + ("s" if report.n_seeds > 1 else "")
+    print(f"query loss increase over the full-data retrain ({len(report.query_indices)} queries, {seeds}; "
           f"mean [{report.confidence:.0%} CI]):")
-    print(f"{'k':>6}  {'top-k removed':<26}{'random removed':<26}difference")
+    print(f"{'k':>6}  {'top-k removed':<29}{'random removed':<29}difference")
     for row in report.per_k():
         cells = [f"{row[key]['mean']:+.4f} [{row[key]['ci_low']:+.4f}, {row[key]['ci_high']:+.4f}]"
                  for key in ("top_k", "random", "difference")]  # fmt: skip
-        print(f"{row['k']:>6}  {cells[0]:<26}{cells[1]:<26}{cells[2]}")
+        print(f"{row['k']:>6}  {cells[0]:<29}{cells[1]:<29}{cells[2]}")
     print(f"wrote {args.out}/report.json" + (f" and {plot}" if plot else ""))
 
 
@@ -172,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--model", required=True, help="the attributed model (tokenizer, architecture, recipe.json)")
     sub.add_argument("--train", required=True)
     sub.add_argument("--queries", required=True)
-    sub.add_argument("--scores", required=True, help="scores.safetensors (or its folder) or a .npy file, [queries x train]")
+    sub.add_argument("--scores", required=True,
+                     help="scores.safetensors (or its folder) or a .npy file, [queries x train]")  # fmt: skip
     sub.add_argument("--out", required=True, help="counterfactual folder (resumable); report.json and a PNG go there")
     sub.add_argument("--regime", choices=["finetune", "scratch"], default="finetune")
     sub.add_argument("--base", help="finetune regime: the model every retrain starts from")

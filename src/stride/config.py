@@ -44,7 +44,7 @@ class StrideConfig:
     form: str = "logit"
     layer: int | None = None
     rank: int = 16
-    n_subsets: int = 300
+    n_subsets: int = 1000
     subsets_per_example: int = 20
     epochs: int = 3
     batch_size: int = 16
@@ -57,7 +57,7 @@ class StrideConfig:
     linearity_every: int = 20
     lambda_rule: str = "cv"
     lasso_lambda: float = 1e-4
-    cv_queries: int = 16
+    cv_queries: int = 8
     measure_rows: int = 256
     max_length: int | None = None
     checkpoint_every: int = 50

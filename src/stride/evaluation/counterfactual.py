@@ -56,6 +56,10 @@ class CounterfactualSpec:
     seed: int = 0
     recipe: dict[str, Any] = dataclasses.field(default_factory=lambda: dataclasses.asdict(LMRecipe()))
 
+    def __post_init__(self) -> None:
+        self.ks = sorted(int(k) for k in self.ks)
+        self.query_indices = [int(q) for q in self.query_indices]
+
     def validate(self, n_train: int, n_queries: int) -> None:
         if self.regime not in REGIMES:
             raise StrideError(f"regime must be one of {REGIMES}, got {self.regime!r}")
@@ -199,7 +203,6 @@ def run_counterfactual(spec: CounterfactualSpec, scores: np.ndarray, out_dir: st
                           f"{n_train} training examples (expected [n_queries, n_train])")  # fmt: skip
     if not np.isfinite(scores).all():
         raise StrideError("the scores contain NaN or inf")
-    spec.ks = sorted(int(k) for k in spec.ks)
     spec.validate(n_train, n_queries)
     out_dir = Path(out_dir)
     (out_dir / "retrains").mkdir(parents=True, exist_ok=True)
@@ -236,16 +239,14 @@ def run_counterfactual(spec: CounterfactualSpec, scores: np.ndarray, out_dir: st
     started = time.perf_counter()
     seconds = run_retrains(dataclasses.asdict(spec), todo, len(jobs), workers, threads_per_worker, progress)
 
-    def losses(one: tuple[str, int, np.ndarray, str]) -> torch.Tensor:
-        return load_file(one[3])["losses"]
+    def stacked(nested: Any) -> torch.Tensor:
+        """The query losses of a job (a tuple), or of nested lists of jobs stacked into one tensor."""
+        if isinstance(nested, tuple):
+            return load_file(nested[3])["losses"]
+        return torch.stack([stacked(item) for item in nested])
 
-    arrays = {
-        "full": torch.stack([losses(one) for one in full_jobs]),
-        **{kind: torch.stack([torch.stack([torch.stack([losses(one) for one in per_q]) for per_q in per_k])
-                              for per_k in nested])
-           for kind, nested in removal_jobs.items()},
-        "ks": torch.as_tensor(spec.ks), "query_indices": torch.as_tensor(spec.query_indices),
-    }  # fmt: skip
+    arrays = {"full": stacked(full_jobs), **{kind: stacked(nested) for kind, nested in removal_jobs.items()},
+              "ks": torch.as_tensor(spec.ks), "query_indices": torch.as_tensor(spec.query_indices)}  # fmt: skip
     save_file(arrays, str(out_dir / "losses.safetensors"))
     report = counterfactual_report(arrays["full"].numpy(), arrays["top"].numpy(), arrays["random"].numpy(),
                                    spec.ks, spec.query_indices, seed=spec.seed)  # fmt: skip
@@ -269,14 +270,16 @@ def plot_counterfactual(report: CounterfactualReport, path: str | os.PathLike[st
     ax = fig.add_subplot()
     summary = report.per_k()
     for key, label, color in (("top_k", "top-k attributed removed", "C0"), ("random", "k random removed", "0.4")):
-        mean, low, high = (np.array([row[key][f] for row in summary], dtype=float) for f in ("mean", "ci_low", "ci_high"))
+        mean, low, high = (np.array([row[key][field] for row in summary], dtype=float)
+                           for field in ("mean", "ci_low", "ci_high"))  # fmt: skip
         ax.plot(report.ks, mean, marker="o", color=color, label=label)
         ax.fill_between(report.ks, low, high, color=color, alpha=0.2)
     ax.axhline(0.0, color="0.7", linewidth=0.8)
     ax.set_xlabel("k (training examples removed)")
     ax.set_ylabel("query loss increase over full-data retrain")
-    ax.set_title(f"counterfactual removal: {len(report.query_indices)} queries, {report.n_seeds} seeds, "
-                 f"{report.confidence:.0%} CI", fontsize=9)  # fmt: skip
+    seeds = f"{report.n_seeds} seed" + ("s" if report.n_seeds > 1 else "")
+    ax.set_title(f"counterfactual removal: {len(report.query_indices)} queries, {seeds}, {report.confidence:.0%} CI",
+                 fontsize=9)  # fmt: skip
     ax.legend(fontsize=8)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
