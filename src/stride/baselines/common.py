@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from stride.attributor import Attributor
+from stride.config import settings_from_dict
 from stride.data import Batch, TokenizedData
 from stride.errors import StrideError
 from stride.losses import sequence_losses
@@ -29,11 +30,7 @@ SettingsT = TypeVar("SettingsT")
 
 def parse_settings(kind: type[SettingsT], values: dict[str, Any], method: str) -> SettingsT:
     """The settings dataclass filled from the method's section of the config; unknown keys are refused."""
-    known = {f.name for f in dataclasses.fields(kind)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise StrideError(f"unknown setting(s) {unknown} for method {method!r}; known: {sorted(known)}")
-    settings = kind(**values)
+    settings = settings_from_dict(kind, values, f"setting for method {method!r}")
     validate = getattr(settings, "validate", None)
     if validate is not None:
         validate()
