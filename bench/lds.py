@@ -1,10 +1,15 @@
 """LDS benchmark on the embedded fortune corpus: every available method, one table.
 
 Regimes:
-  finetune  a GPT-2 pre-trained on a disjoint pool, fine-tuned on 1,000 examples; ground truth
-            fine-tunes the same base on random halves (2 seeds: data order).
-  scratch   a GPT-2 trained from scratch on the 1,000 examples; ground truth retrains from a
-            fresh initialisation on random halves (seed noise dominates: see the ceiling).
+  finetune  a GPT-2 (0.54M parameters) pre-trained on a disjoint pool of 3,000 fortunes, fine-tuned
+            on 1,000 examples, 100 queries; ground truth fine-tunes the same base on 64 random
+            halves x 2 seeds (data order).
+  scratch   a smaller GPT-2 (d = 64, vocab 512) trained from scratch on 500 examples, 100 queries;
+            ground truth retrains from a fresh initialisation (seeded) on 48 random halves x 4
+            seeds: seed noise is larger here, so more seeds (see the ceiling).
+
+TRAK gets an ensemble (--trak-ensemble models: the attributed one and others trained with other
+seeds), as its authors recommend; other methods use the attributed model alone.
 
 Everything is cached under --out (models, ground truth, each method's run folder), so a rerun
 only computes what is missing. Prints the configuration and the table; writes results.json.
@@ -15,6 +20,7 @@ only computes what is missing. Prints the configuration and the table; writes re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -33,55 +39,89 @@ from stride.lm_training import LMRecipe, train_lm  # noqa: E402
 from stride.registry import available_methods  # noqa: E402
 from stride.store import write_json  # noqa: E402
 
-MODEL = dict(architecture="gpt2", n_layers=2, hidden_size=128, n_heads=4, vocab_size=1024, context=128)
-RECIPES = {
-    "base": LMRecipe(**MODEL, epochs=3, learning_rate=3e-3, batch_size=32, seed=0),
-    "finetune": LMRecipe(**MODEL, epochs=2, learning_rate=1e-3, batch_size=32, warmup_fraction=0.0, seed=0),
-    "scratch": LMRecipe(**MODEL, epochs=6, learning_rate=3e-3, batch_size=32, seed=0),
-}
+@dataclasses.dataclass(frozen=True)
+class Regime:
+    """One benchmark setting: data sizes, the attributed model's recipe, and the ground truth size."""
+
+    n_train: int
+    n_queries: int
+    recipe: LMRecipe
+    subsets: int
+    seeds: int
+    base_recipe: LMRecipe | None = None
 
 
-def build_models(regime: str, data: dict[str, Path], root: Path) -> tuple[Path, Path | None]:
+FINETUNE_MODEL = dict(architecture="gpt2", n_layers=2, hidden_size=128, n_heads=4, vocab_size=1024, context=128)
+SCRATCH_MODEL = dict(architecture="gpt2", n_layers=2, hidden_size=64, n_heads=4, vocab_size=512, context=128)
+REGIMES = {
+    "finetune": Regime(
+        n_train=1000, n_queries=100, subsets=64, seeds=2,
+        base_recipe=LMRecipe(**FINETUNE_MODEL, epochs=3, learning_rate=3e-3, batch_size=32, seed=0),
+        recipe=LMRecipe(**FINETUNE_MODEL, epochs=2, learning_rate=1e-3, batch_size=32, warmup_fraction=0.0, seed=0),
+    ),
+    "scratch": Regime(
+        n_train=500, n_queries=100, subsets=48, seeds=4,
+        recipe=LMRecipe(**SCRATCH_MODEL, epochs=5, learning_rate=3e-3, batch_size=32, seed=0),
+    ),
+}  # fmt: skip
+
+
+def build_models(regime: Regime, data: dict[str, Path], root: Path) -> tuple[Path, Path | None]:
     """The attributed model (and the fine-tuning base), trained once and cached."""
-    if regime == "finetune":
+    base = None
+    if regime.base_recipe is not None:
         base = root / "base"
         if not (base / "recipe.json").is_file():
-            train_lm(data["pretrain"], base, RECIPES["base"])
-        model = root / "model"
-        if not (model / "recipe.json").is_file():
-            train_lm(data["train"], model, RECIPES["finetune"], base_dir=base)
-        return model, base
+            train_lm(data["pretrain"], base, regime.base_recipe)
     model = root / "model"
     if not (model / "recipe.json").is_file():
-        train_lm(data["train"], model, RECIPES["scratch"])
-    return model, None
+        train_lm(data["train"], model, regime.recipe, base_dir=base)
+    return model, base
 
 
-def run_regime(regime: str, args: argparse.Namespace, methods: list[str]) -> list[dict]:
-    root = Path(args.out) / regime
-    data = build_benchmark_corpus(root / "data", n_train=args.n_train, n_queries=args.n_queries)
-    model, base = build_models(regime, data, root)
-    truth = root / f"groundtruth_m{args.subsets}_s{args.seeds}"
-    recipe = RECIPES["finetune" if regime == "finetune" else "scratch"]
+def ensemble_models(regime: Regime, data: dict[str, Path], root: Path, base: Path | None, size: int) -> list[str]:
+    """`size - 1` more models trained like the attributed one with other seeds (TRAK's ensemble)."""
+    folders = []
+    for seed in range(1, size):
+        folder = root / f"model_seed{seed}"
+        if not (folder / "recipe.json").is_file():
+            train_lm(data["train"], folder, dataclasses.replace(regime.recipe, seed=seed), base_dir=base)
+        folders.append(str(folder))
+    return folders
+
+
+def run_regime(name: str, args: argparse.Namespace, methods: list[str]) -> list[dict]:
+    regime = REGIMES[name]
+    if args.quick:
+        regime = dataclasses.replace(regime, n_train=200, n_queries=20, subsets=12, seeds=2)
+    regime = dataclasses.replace(regime, subsets=args.subsets or regime.subsets, seeds=args.seeds or regime.seeds)
+    print(f"[{name}] {regime}")
+    root = Path(args.out) / name
+    data = build_benchmark_corpus(root / "data", n_train=regime.n_train, n_queries=regime.n_queries)
     started = time.perf_counter()
-    summary = groundtruth(model, data["train"], data["queries"], truth, regime=regime, base_dir=base,
-                          fraction=0.5, n_subsets=args.subsets, n_seeds=args.seeds,
-                          recipe=vars(recipe).copy(), workers=args.workers)  # fmt: skip
-    print(f"[{regime}] ground truth: {args.subsets} subsets x {args.seeds} seeds, "
+    model, base = build_models(regime, data, root)
+    truth = root / f"groundtruth_m{regime.subsets}_s{regime.seeds}"
+    summary = groundtruth(model, data["train"], data["queries"], truth, regime=name, base_dir=base,
+                          fraction=0.5, n_subsets=regime.subsets, n_seeds=regime.seeds,
+                          recipe=vars(regime.recipe).copy(), workers=args.workers)  # fmt: skip
+    print(f"[{name}] models + ground truth: {regime.subsets} subsets x {regime.seeds} seeds, "
           f"{time.perf_counter() - started:.0f} s this run, ceiling {summary.get('ceiling_single_seed')}")
+    default_settings = {}
+    if "trak" in methods:
+        default_settings["trak"] = {"checkpoints": ensemble_models(regime, data, root, base, args.trak_ensemble)}
     rows = []
     for method in methods:
-        settings = args.method_settings.get(method, {})
+        settings = args.method_settings.get(method, default_settings.get(method, {}))
         config = StrideConfig.from_dict(settings) if method == "stride" else StrideConfig()
         out = root / "runs" / f"{method}{args.tag}"
         result = attribute(model, data["train"], data["queries"], out, method=method, config=config,
                            threads=args.threads, method_settings=settings, overwrite=True)  # fmt: skip
         report = lds(out, truth, out / "lds.json", out / "lds.png")
         seconds = sum(v for k, v in result.info["timings_seconds"].items() if k != "total")
-        rows.append({"regime": regime, "method": method, "lds": report.mean, "ci_low": report.ci_low,
+        rows.append({"regime": name, "method": method, "lds": report.mean, "ci_low": report.ci_low,
                      "ci_high": report.ci_high, "lds_single_seed": report.mean_single_seed,
                      "ceiling": report.ceiling, "seconds": seconds, "settings": result.info["settings"]})  # fmt: skip
-        print(f"[{regime}] {method}: LDS {report.mean:.3f} [{report.ci_low:.3f}, {report.ci_high:.3f}] "
+        print(f"[{name}] {method}: LDS {report.mean:.3f} [{report.ci_low:.3f}, {report.ci_high:.3f}] "
               f"in {seconds:.1f} s")
     stride_seconds = next((r["seconds"] for r in rows if r["method"] == "stride"), None)
     for row in rows:
@@ -101,30 +141,34 @@ def print_table(rows: list[dict]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/bench_lds")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 200 examples, 20 queries, 12 subsets")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 200 examples, 20 queries, 12 subsets x 2 seeds")
     parser.add_argument("--regimes", nargs="+", default=["finetune", "scratch"], choices=["finetune", "scratch"])
     parser.add_argument("--methods", nargs="+", default=None, help="default: every available method")
     parser.add_argument("--method-settings", help="JSON/YAML mapping method -> settings (stride: StrideConfig)")
     parser.add_argument("--tag", default="", help="suffix of the run folders (to compare settings)")
-    parser.add_argument("--subsets", type=int, default=64)
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--subsets", type=int, help="ground-truth subsets (default: per regime, 64 / 48)")
+    parser.add_argument("--seeds", type=int, help="ground-truth seeds per subset (default: per regime, 2 / 4)")
+    parser.add_argument("--trak-ensemble", type=int, default=5, help="models in TRAK's ensemble (other seeds)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    args.n_train, args.n_queries = (200, 20) if args.quick else (1000, 100)
     if args.quick:
-        args.subsets, args.out = 12, args.out + "_quick"
+        args.out += "_quick"
     args.method_settings = read_mapping_file(args.method_settings) if args.method_settings else {}
     torch.set_num_threads(args.threads)
     methods = args.methods or available_methods()
     config = {k: v for k, v in vars(args).items()}
     print("configuration:", json.dumps(config, default=str))
+    started = time.perf_counter()
     rows = []
     for regime in args.regimes:
         rows += run_regime(regime, args, methods)
     print_table(rows)
+    wall = time.perf_counter() - started
+    print(f"benchmark wall time: {wall:.0f} s")
     out = Path(args.out) / f"results{args.tag}.json"
-    write_json(out, {"configuration": config, "rows": rows, "threads": torch.get_num_threads()})
+    write_json(out, {"configuration": config, "rows": rows, "threads": torch.get_num_threads(), "wall_seconds": wall,
+                     "regimes": {name: dataclasses.asdict(REGIMES[name]) for name in args.regimes}})  # fmt: skip
     print(f"wrote {out}")
     return 0
 
