@@ -20,7 +20,9 @@ class StrideConfig:
 
     Attributes:
         form: "residual" (h' = h + a_k B h at one decoder block) or "logit" (o' = o + (B h) a_k).
-        layer: index of the steered decoder block; None means about 0.6 of the depth.
+        layer: causal LMs: index of the steered decoder block (None: about 0.6 of the depth);
+            classifiers: "NAME" (output of module NAME) or "NAME:input" (None: the input of the
+            last nn.Linear, the penultimate representation).
         rank: rank r of the shared basis B.
         n_subsets: number K of random training subsets (one operator each).
         subsets_per_example: number d of subsets every training example belongs to.
@@ -42,7 +44,7 @@ class StrideConfig:
     """
 
     form: str = "logit"
-    layer: int | None = None
+    layer: int | str | None = None
     rank: int = 16
     n_subsets: int = 1000
     subsets_per_example: int = 20

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -102,6 +103,20 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
 def default_layer(n_blocks: int) -> int:
     """About 0.6 of the depth, as in the STRIDE paper (block index, 0-based)."""
     return min(n_blocks - 1, int(0.6 * n_blocks))
+
+
+@contextlib.contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """Run with the plain ("eager") attention, which torch.func.vmap traces without a slow fallback."""
+    before = getattr(model.config, "_attn_implementation", None)
+    switch = before not in (None, "eager") and hasattr(model, "set_attn_implementation")
+    if switch:
+        model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if switch:
+            model.set_attn_implementation(before)
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -11,6 +11,7 @@ from stride.attributor import Attributor
 from stride.config import StrideConfig
 from stride.errors import StrideError
 from stride.store import RunStore
+from stride.tasks import CausalLMTask, Task
 
 
 @dataclass
@@ -18,6 +19,9 @@ class MethodContext:
     """What a method may use: the frozen model, its tokenizer, settings and the run folder.
 
     `settings` holds the method's own section of the --config file (e.g. {"proj_dim": 2048}).
+    `task` is the model family (default: a causal LM); `checkpoint_models` are further models of
+    the same architecture handed over in memory (the Python API's ensembles), used by the methods
+    that sum or average over checkpoints.
     """
 
     model: nn.Module
@@ -28,6 +32,8 @@ class MethodContext:
     progress: bool = True
     stride_config: StrideConfig = field(default_factory=StrideConfig)
     settings: dict[str, Any] = field(default_factory=dict)
+    task: Task = field(default_factory=CausalLMTask)
+    checkpoint_models: list[nn.Module] = field(default_factory=list)
 
 
 FACTORIES: dict[str, Callable[[MethodContext], Attributor]] = {}

@@ -56,6 +56,20 @@ def file_digest(path: str | Path, block: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def module_digest(model: torch.nn.Module) -> str:
+    """sha256 of a module's state (names, dtypes, shapes and values of its parameters and buffers)."""
+    return tensors_digest(model.state_dict())
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of named tensors: names, dtypes, shapes and values."""
+    digest = hashlib.sha256()
+    for name, tensor in tensors.items():
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 class RunStore:
     """Stage outputs of one run under `root/stages`, final outputs under `root`."""
 

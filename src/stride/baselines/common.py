@@ -23,7 +23,7 @@ from stride.data import Batch, TokenizedData
 from stride.errors import StrideError
 from stride.losses import sequence_losses
 from stride.registry import MethodContext
-from stride.store import file_digest
+from stride.store import file_digest, module_digest
 
 SettingsT = TypeVar("SettingsT")
 
@@ -62,20 +62,6 @@ def example_losses(model: nn.Module, batch: Batch) -> torch.Tensor:
     return sequence_losses(logits, batch)
 
 
-@contextlib.contextmanager
-def eager_attention(model: nn.Module) -> Iterator[None]:
-    """Run with the plain ("eager") attention, which torch.func.vmap traces without a slow fallback."""
-    before = getattr(model.config, "_attn_implementation", None)
-    switch = before not in (None, "eager") and hasattr(model, "set_attn_implementation")
-    if switch:
-        model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        if switch:
-            model.set_attn_implementation(before)
-
-
 @dataclasses.dataclass
 class Checkpoint:
     """One model the scores are summed (or averaged) over, with the digest that names it in the store."""
@@ -88,19 +74,21 @@ class Checkpoint:
 
 def load_checkpoints(context: MethodContext, paths: Sequence[str], include_model: bool = True,
                      weights: Sequence[float] | None = None) -> list[Checkpoint]:
-    """The attributed model (unless excluded) followed by the models saved in `paths`.
+    """The attributed model (unless excluded), the models saved in `paths`, then the context's
+    in-memory `checkpoint_models`.
 
-    Every checkpoint must share the attributed model's tokenizer, since the data were tokenized with
-    it. `weights` (one per returned checkpoint) default to 1 (e.g. TracIn's learning rates)."""
+    Every saved checkpoint must share the attributed model's tokenizer, since the data were tokenized
+    with it. `weights` (one per returned checkpoint) default to 1 (e.g. TracIn's learning rates)."""
     from stride.models import load_causal_lm
 
     checkpoints = [Checkpoint("model", context.model_digest, context.model)] if include_model else []
-    vocab = context.tokenizer.get_vocab()
     for path in paths:
         model, tokenizer = load_causal_lm(path)
-        if tokenizer.get_vocab() != vocab:
+        if tokenizer.get_vocab() != context.tokenizer.get_vocab():
             raise StrideError(f"checkpoint {path} has another tokenizer than the attributed model")
         checkpoints.append(Checkpoint(str(path), file_digest(path), model))
+    for position, model in enumerate(context.checkpoint_models):
+        checkpoints.append(Checkpoint(f"checkpoint model {position}", module_digest(model), model))
     if not checkpoints:
         raise StrideError("no model to attribute with: include_model is false and checkpoints is empty")
     if weights is not None:

@@ -3,8 +3,9 @@
 score[q, i] = grad L_q^T (G + damping I)^-1 grad L_i, with G the eigenvalue-corrected
 Kronecker-factored Gauss-Newton of the tracked linear layers, fitted on the training set.
 Kronfluence's pairwise scores already mean "positive = training on i lowers the query's loss"
-(the stride convention): its measurement here is the per-example mean cross-entropy over scored
-tokens and its training loss the sum of those per-example losses.
+(the stride convention): its measurement here is the task's per-example measurement (for a causal
+LM the mean cross-entropy over scored tokens) and its training loss the sum of the task's
+per-example losses.
 
 Adaptations to Hugging Face causal LMs: kronfluence tracks `nn.Linear` (and `nn.Conv2d`), so GPT-2's
 `Conv1D` layers are replaced on a copy of the model by equivalent `nn.Linear` layers (same
@@ -31,11 +32,10 @@ from torch.utils.data import Dataset
 
 from stride.baselines.common import (BaselineAttributor, check_choice, check_positive, parse_settings, require_library,
                                      require_prepared)  # fmt: skip
-from stride.data import Batch, TokenizedData
 from stride.errors import StrideError
-from stride.losses import sequence_losses
 from stride.models import decoder_blocks
 from stride.registry import MethodContext, register
+from stride.tasks import Examples, batch_fields
 
 STRATEGIES = ("ekfac", "kfac", "diagonal", "identity")
 MODULE_SETS = ("blocks", "all")
@@ -49,7 +49,8 @@ class EkfacSettings:
             use its heuristic of 0.1 x the mean eigenvalue.
         use_empirical_fisher: fit the curvature with the data's own next tokens instead of tokens
             sampled from the model (kronfluence's default is the true Fisher, sampled).
-        modules: "blocks" (linear layers inside the decoder blocks) or "all" (also the output head).
+        modules: "blocks" (linear layers inside the decoder blocks of a causal LM) or "all" (every
+            linear and 2-d convolution layer, the output head included; what classifiers use).
         batch_size: examples per batch when fitting factors and computing scores.
     """
 
@@ -88,49 +89,39 @@ def linear_copy(model: nn.Module) -> nn.Module:
 def _task_class() -> type:
     from kronfluence.task import Task
 
-    class CausalLMTask(Task):
-        """Per-example mean cross-entropy over scored tokens, as kronfluence's training loss and measurement."""
+    class KronfluenceTask(Task):
+        """The stride task's per-example losses (summed) and measurement, as kronfluence asks for them."""
 
-        def __init__(self, modules: list[str] | None, seed: int):
+        def __init__(self, task, modules: list[str] | None, seed: int):
             super().__init__()
+            self.task = task
             self.modules = modules
             self.generator = torch.Generator().manual_seed(seed)
 
-        @staticmethod
-        def _batch(batch: dict[str, torch.Tensor]) -> Batch:
-            return Batch(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
-
-        def _logits(self, batch: Batch, model: nn.Module) -> torch.Tensor:
-            return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-
         def compute_train_loss(self, batch: Any, model: nn.Module, sample: bool = False) -> torch.Tensor:
-            rows = self._batch(batch)
-            logits = self._logits(rows, model)
-            if sample:  # next tokens drawn from the model: the true Fisher
-                with torch.no_grad():
-                    probs = torch.softmax(logits[:, :-1].detach().float(), dim=-1)
-                    drawn = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=self.generator)
-                    drawn = drawn.reshape(probs.shape[:2])
-                rows = Batch(torch.cat([rows.input_ids[:, :1], drawn], dim=1), rows.attention_mask, rows.loss_mask)
-            return sequence_losses(logits, rows).sum()
+            rows = self.task.batch_type(**batch)
+            logits = self.task.outputs(model, rows)
+            if sample:  # targets drawn from the model: the true Fisher
+                rows = self.task.sample_targets(logits, rows, self.generator)
+            return self.task.losses(logits, rows).sum()
 
         def compute_measurement(self, batch: Any, model: nn.Module) -> torch.Tensor:
-            rows = self._batch(batch)
-            return sequence_losses(self._logits(rows, model), rows).sum()
+            rows = self.task.batch_type(**batch)
+            return self.task.measurement(self.task.outputs(model, rows), rows).sum()
 
         def get_influence_tracked_modules(self) -> list[str] | None:
             return self.modules
 
-        def get_attention_mask(self, batch: Any) -> torch.Tensor:
-            return batch["attention_mask"].long()
+        def get_attention_mask(self, batch: Any) -> torch.Tensor | None:
+            return self.task.attention_mask(self.task.batch_type(**batch))
 
-    return CausalLMTask
+    return KronfluenceTask
 
 
 class _Examples(Dataset):
     """(set tag, index) pairs: kronfluence uses one collate function for queries and training examples."""
 
-    def __init__(self, data: TokenizedData, tag: str):
+    def __init__(self, data: Examples, tag: str):
         self.data = data
         self.tag = tag
 
@@ -151,8 +142,7 @@ class _Collate:
         tags = {tag for tag, _ in items}
         if len(tags) != 1:
             raise RuntimeError("a kronfluence batch mixed queries and training examples")
-        batch = self.sets[tags.pop()].batch([index for _, index in items])
-        return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "loss_mask": batch.loss_mask}
+        return batch_fields(self.sets[tags.pop()].batch([index for _, index in items]))
 
 
 def _tracked_names(model: nn.Module, which: str) -> list[str] | None:
@@ -183,7 +173,7 @@ class EkfacAttributor(BaselineAttributor):
         self._tmp = tempfile.TemporaryDirectory(prefix="stride-ekfac-")
         return Path(self._tmp.name)
 
-    def prepare(self, train: TokenizedData) -> None:
+    def prepare(self, train: Examples) -> None:
         from kronfluence.analyzer import Analyzer, prepare_model
         from kronfluence.arguments import FactorArguments
         from kronfluence.utils.dataset import DataLoaderKwargs
@@ -191,7 +181,7 @@ class EkfacAttributor(BaselineAttributor):
         config = self.config
         model = linear_copy(self.context.model)
         model.eval()
-        task = _task_class()(_tracked_names(model, config.modules), self.seed)
+        task = _task_class()(self.context.task, _tracked_names(model, config.modules), self.seed)
         self.train_ = _Examples(train, "train")
         with self._timed("fit_factors"), self._quiet(), _library_warnings_off():
             model = prepare_model(model, task)
@@ -206,7 +196,7 @@ class EkfacAttributor(BaselineAttributor):
                 overwrite_output_dir=True,
             )  # fmt: skip
 
-    def score(self, queries: TokenizedData) -> torch.Tensor:
+    def score(self, queries: Examples) -> torch.Tensor:
         from kronfluence.arguments import ScoreArguments
         from kronfluence.utils.dataset import DataLoaderKwargs
 

@@ -7,36 +7,39 @@ batch_size x n_params numbers exist at once; nothing n x n_params is ever held.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import grad, vmap
 
-from stride.baselines.common import eager_attention, index_batches
-from stride.data import Batch, TokenizedData
+from stride.baselines.common import index_batches
 from stride.errors import StrideError
-from stride.losses import sequence_losses
+from stride.tasks import CausalLMTask, Examples, Task
 
 PROJECTIONS = ("sjlt", "gaussian")
 GAUSSIAN_CHUNK = 1 << 22  # entries of the Gaussian matrix drawn at once
 
 
-def per_example_gradients(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+def per_example_gradients(model: nn.Module, batch: Any, task: Task | None = None,
+                          query: bool = False) -> dict[str, torch.Tensor]:  # fmt: skip
     """d(loss of example b)/d(parameter) for every parameter -> {name: [rows, *shape]}.
 
-    Tied parameters (e.g. GPT-2's input and output embeddings) appear once, under their first name."""
+    The loss is the task's training loss, or its query measurement when `query` is set (default
+    task: a causal LM). Tied parameters (e.g. GPT-2's input and output embeddings) appear once,
+    under their first name."""
+    task = task or CausalLMTask()
     params = {name: p.detach() for name, p in model.named_parameters()}
     buffers = dict(model.named_buffers())
+    per_row = task.measurement if query else task.losses
 
-    def loss(values: dict[str, torch.Tensor], ids: torch.Tensor, attention: torch.Tensor,
-             scored: torch.Tensor) -> torch.Tensor:  # fmt: skip
-        row = Batch(ids[None], attention[None], scored[None])
-        kwargs = {"input_ids": row.input_ids, "attention_mask": row.attention_mask, "use_cache": False}
-        logits = functional_call(model, (values, buffers), args=(), kwargs=kwargs).logits
-        return sequence_losses(logits, row)[0]
+    def loss(values: dict[str, torch.Tensor], *fields: torch.Tensor) -> torch.Tensor:
+        row = task.row(fields)
+        return per_row(task.functional_outputs(model, values, buffers, row), row)[0]
 
-    with eager_attention(model):
-        return vmap(grad(loss), in_dims=(None, 0, 0, 0))(params, batch.input_ids, batch.attention_mask, batch.loss_mask)
+    fields = task.fields(batch)
+    with task.traceable(model):
+        return vmap(grad(loss), in_dims=(None, *[0] * len(fields)))(params, *fields)
 
 
 class GradientProjector:
@@ -94,10 +97,10 @@ def parameter_sizes(model: nn.Module) -> dict[str, int]:
     return {name: p.numel() for name, p in model.named_parameters()}
 
 
-def projected_gradients(model: nn.Module, data: TokenizedData, projector: GradientProjector,
-                        batch_size: int) -> torch.Tensor:  # fmt: skip
+def projected_gradients(model: nn.Module, data: Examples, projector: GradientProjector, batch_size: int,
+                        task: Task | None = None, query: bool = False) -> torch.Tensor:  # fmt: skip
     """Projected per-example loss gradients of every example of `data` -> [len(data), proj_dim]."""
     out = torch.empty(len(data), projector.proj_dim)
     for indices in index_batches(len(data), batch_size):
-        out[indices] = projector.project(per_example_gradients(model, data.batch(indices)))
+        out[indices] = projector.project(per_example_gradients(model, data.batch(indices), task, query))
     return out

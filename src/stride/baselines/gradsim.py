@@ -18,8 +18,8 @@ import torch
 from stride.baselines.common import (BaselineAttributor, Checkpoint, check_checkpoint_settings, check_choice,
                                      check_positive, load_checkpoints, parse_settings, require_prepared)  # fmt: skip
 from stride.baselines.gradients import PROJECTIONS, GradientProjector, parameter_sizes, projected_gradients
-from stride.data import TokenizedData
 from stride.registry import MethodContext, register
+from stride.tasks import Examples
 
 
 @dataclass
@@ -58,13 +58,14 @@ class GradSimAttributor(BaselineAttributor):
         self.projector_: GradientProjector | None = None
         self.train_: list[torch.Tensor] | None = None
 
-    def _features(self, checkpoint: Checkpoint, data: TokenizedData) -> torch.Tensor:
-        features = projected_gradients(checkpoint.model, data, self.projector_, self.config.batch_size)
+    def _features(self, checkpoint: Checkpoint, data: Examples, query: bool) -> torch.Tensor:
+        features = projected_gradients(checkpoint.model, data, self.projector_, self.config.batch_size,
+                                       self.context.task, query)  # fmt: skip
         if self.normalize:
             features = torch.nn.functional.normalize(features, dim=1)
         return features
 
-    def prepare(self, train: TokenizedData) -> None:
+    def prepare(self, train: Examples) -> None:
         config = self.config
         self.checkpoints_ = load_checkpoints(self.context, config.checkpoints, config.include_model,
                                              config.checkpoint_weights)  # fmt: skip
@@ -75,15 +76,15 @@ class GradSimAttributor(BaselineAttributor):
             args = {"model": checkpoint.digest, "train": train.digest, "proj_dim": config.proj_dim,
                     "projection": config.projection, "seed": self.seed, "normalize": self.normalize}  # fmt: skip
             stored = self._stage(f"train_gradients_{position}", args,
-                                 lambda: {"features": self._features(checkpoint, train)})  # fmt: skip
+                                 lambda: {"features": self._features(checkpoint, train, query=False)})  # fmt: skip
             self.train_.append(stored["features"])
 
-    def score(self, queries: TokenizedData) -> torch.Tensor:
+    def score(self, queries: Examples) -> torch.Tensor:
         train = require_prepared(self.train_)
         scores = torch.zeros(len(queries), train[0].shape[0])
         with self._timed("score"):
             for checkpoint, features in zip(self.checkpoints_, train):
-                scores += checkpoint.weight * (self._features(checkpoint, queries) @ features.T)
+                scores += checkpoint.weight * (self._features(checkpoint, queries, query=True) @ features.T)
         return scores.float()
 
 

@@ -1,7 +1,9 @@
-"""RepSim: cosine similarity of the model's mean-pooled last-layer representations.
+"""RepSim: cosine similarity of the model's representations of the query and training examples.
 
-Each example becomes the mean of its final hidden states (`output_hidden_states=True`, the last
-entry, which has the final norm applied) over its attention-masked tokens.
+The context's task says what a representation is. For a causal LM, each example becomes the mean
+of its final hidden states (`output_hidden_states=True`, the last entry, which has the final norm
+applied) over its attention-masked tokens; for a classifier, its penultimate features (the input
+of the last linear layer) or the output of a named module.
 """
 
 from __future__ import annotations
@@ -11,19 +13,20 @@ from dataclasses import dataclass
 import torch
 
 from stride.baselines.common import BaselineAttributor, check_positive, index_batches, parse_settings, require_prepared
-from stride.data import TokenizedData
 from stride.registry import MethodContext, register
+from stride.tasks import Examples
 
 
 @dataclass
 class RepSimSettings:
     """Attributes:
         batch_size: examples per forward pass.
-        layer: index into the model's `hidden_states` (-1 = the last layer, 0 = the embeddings).
+        layer: causal LMs: index into the model's `hidden_states` (-1 = the last layer, 0 = the
+            embeddings); classifiers: -1 (the penultimate features) or a module name (its output).
     """
 
     batch_size: int = 32
-    layer: int = -1
+    layer: int | str = -1
 
     def validate(self) -> None:
         check_positive(self, "batch_size")
@@ -37,25 +40,19 @@ class RepSimAttributor(BaselineAttributor):
         self.train_: torch.Tensor | None = None
 
     @torch.no_grad()
-    def representations(self, data: TokenizedData) -> torch.Tensor:
-        """Unit-length mean-pooled hidden states -> [len(data), hidden]."""
-        model = self.context.model
-        rows = []
-        for indices in index_batches(len(data), self.config.batch_size):
-            batch = data.batch(indices)
-            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
-                        output_hidden_states=True)  # fmt: skip
-            hidden = out.hidden_states[self.config.layer]
-            mask = batch.attention_mask.unsqueeze(-1).to(hidden.dtype)
-            rows.append((hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0))
+    def representations(self, data: Examples) -> torch.Tensor:
+        """Unit-length representations -> [len(data), features]."""
+        model, task = self.context.model, self.context.task
+        rows = [task.representations(model, data.batch(indices), self.config.layer)
+                for indices in index_batches(len(data), self.config.batch_size)]  # fmt: skip
         return torch.nn.functional.normalize(torch.cat(rows).float(), dim=1)
 
-    def prepare(self, train: TokenizedData) -> None:
+    def prepare(self, train: Examples) -> None:
         args = {"model": self.context.model_digest, "train": train.digest, "layer": self.config.layer}
         stored = self._stage("train_representations", args, lambda: {"representations": self.representations(train)})
         self.train_ = stored["representations"]
 
-    def score(self, queries: TokenizedData) -> torch.Tensor:
+    def score(self, queries: Examples) -> torch.Tensor:
         train = require_prepared(self.train_)
         with self._timed("score"):
             return (self.representations(queries) @ train.T).float()

@@ -1,4 +1,4 @@
-"""TRAK (Park et al. 2023) through the `traker` library, with a causal-LM model output.
+"""TRAK (Park et al. 2023) through the `traker` library, with the model output of the context's task.
 
 TRAK linearises a model output f around each checkpoint, projects its per-example gradients with
 a random matrix P (phi = P^T grad f), and scores
@@ -6,10 +6,11 @@ a random matrix P (phi = P^T grad f), and scores
 averaged over checkpoints, with Q(i) = -d loss / d f on training example i.
 
 Model output (`output`):
-- "loss" (default): f = minus the per-example mean cross-entropy over scored tokens, the very
-  loss every stride method attributes; then Q = 1.
-- "margin": TRAK's margin form applied per token, f = mean over scored tokens of
-  log(p / (1 - p)) of the next token, with Q = mean over scored tokens of (1 - p).
+- "loss" (default): f = minus the task's per-example loss (for a causal LM the mean cross-entropy
+  over scored tokens, the very loss every stride method attributes); then Q = 1.
+- "margin": TRAK's margin form, f = mean over the example's targets of log(p / (1 - p)) of the
+  target (for a causal LM: over its scored next tokens; for a classifier: its label), with
+  Q = mean over the targets of (1 - p).
 Either way f grows when the loss falls, so a positive score means "training on i lowers the
 query's loss", the stride convention.
 
@@ -36,15 +37,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.func import functional_call
 
 from stride.baselines.common import (BaselineAttributor, Checkpoint, check_checkpoint_settings, check_choice,
                                      check_positive, index_batches, load_checkpoints, parse_settings,
                                      require_library, require_prepared)  # fmt: skip
-from stride.data import Batch, TokenizedData
 from stride.errors import StrideError
-from stride.losses import sequence_losses
 from stride.registry import MethodContext, register
+from stride.tasks import Examples, Task
 
 OUTPUTS = ("loss", "margin")
 
@@ -86,42 +85,34 @@ class TrakSettings:
 def _model_output_class() -> type:
     from trak.modelout_functions import AbstractModelOutput
 
-    class CausalLMOutput(AbstractModelOutput):
+    class TaskOutput(AbstractModelOutput):
         """Per-example output f (higher = lower loss) and Q = -d loss / d f for traker."""
 
-        def __init__(self, form: str):
+        def __init__(self, task: Task, form: str):
             super().__init__()
+            self.task = task
             self.form = form
 
-        def _token_terms(self, logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-            """Per-token log-probability of the next token and the float mask of scored tokens."""
-            log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            chosen = log_probs.gather(-1, batch.input_ids[:, 1:, None])[..., 0]
-            return chosen, batch.loss_mask[:, 1:].to(chosen.dtype)
-
-        def get_output(self, model, weights, buffers, input_ids, attention_mask, loss_mask) -> torch.Tensor:
-            row = Batch(input_ids[None], attention_mask[None], loss_mask[None])
-            kwargs = {"input_ids": row.input_ids, "attention_mask": row.attention_mask, "use_cache": False}
-            logits = functional_call(model, (weights, buffers), args=(), kwargs=kwargs).logits
+        def get_output(self, model, weights, buffers, *fields: torch.Tensor) -> torch.Tensor:
+            row = self.task.row(fields)
+            logits = self.task.functional_outputs(model, weights, buffers, row)
             if self.form == "loss":
-                return -sequence_losses(logits, row)[0]
-            chosen, mask = self._token_terms(logits, row)
+                return -self.task.losses(logits, row)[0]
+            chosen, mask = self.task.target_log_probs(logits, row)
             # log(p / (1 - p)) with 1 - p = -expm1(log p), stable for p near 1
             margins = chosen - torch.log(-torch.expm1(chosen).clamp_max(-1e-12))
             return (margins * mask).sum() / mask.sum().clamp_min(1.0)
 
         def get_out_to_loss_grad(self, model, weights, buffers, batch) -> torch.Tensor:
-            input_ids, attention_mask, loss_mask = batch
+            rows = self.task.batch_type(*batch)
             if self.form == "loss":
-                return torch.ones(input_ids.shape[0], 1)
-            rows = Batch(input_ids, attention_mask, loss_mask)
-            kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+                return torch.ones(len(rows), 1)
             with torch.no_grad():
-                logits = functional_call(model, (weights, buffers), args=(), kwargs=kwargs).logits
-                chosen, mask = self._token_terms(logits, rows)
+                logits = self.task.functional_outputs(model, weights, buffers, rows)
+                chosen, mask = self.task.target_log_probs(logits, rows)
                 return (((1 - chosen.exp()) * mask).sum(1) / mask.sum(1).clamp_min(1.0))[:, None]
 
-    return CausalLMOutput
+    return TaskOutput
 
 
 class TrakAttributor(BaselineAttributor):
@@ -147,14 +138,16 @@ class TrakAttributor(BaselineAttributor):
         self._tmp = tempfile.TemporaryDirectory(prefix="stride-trak-")
         return Path(self._tmp.name) / "trak"
 
-    def prepare(self, train: TokenizedData) -> None:
+    def prepare(self, train: Examples) -> None:
         from trak import TRAKer
         from trak.projectors import BasicProjector, ProjectionType
 
         config = self.config
         self.checkpoints_ = load_checkpoints(self.context, config.checkpoints, config.include_model)
+        task = self.context.task
         model = copy.deepcopy(self.checkpoints_[0].model)
-        model.config.pad_token_id = None  # GPT-2's padding check cannot be traced by vmap
+        if hasattr(model, "config"):  # a Hugging Face model: GPT-2's padding check cannot be traced by vmap
+            model.config.pad_token_id = None
         if hasattr(model, "set_attn_implementation"):
             model.set_attn_implementation("eager")
         n_params = sum(p.numel() for p in model.parameters())
@@ -163,7 +156,7 @@ class TrakAttributor(BaselineAttributor):
                                    proj_type=ProjectionType.normal, device="cpu", block_size=block)  # fmt: skip
         with self._timed("featurize"):
             self.traker_ = TRAKer(
-                model=model, task=_model_output_class()(config.output), train_set_size=len(train),
+                model=model, task=_model_output_class()(task, config.output), train_set_size=len(train),
                 save_dir=str(self._save_dir()), load_from_save_dir=True, device="cpu", projector=projector,
                 proj_dim=config.proj_dim, use_half_precision=False, logging_level=logging.ERROR,
                 projector_seed=self.seed,
@@ -172,8 +165,7 @@ class TrakAttributor(BaselineAttributor):
                 self.traker_.load_checkpoint(checkpoint.model.state_dict(), model_id=model_id)
                 for indices in index_batches(len(train), config.batch_size):
                     batch = train.batch(indices)
-                    self.traker_.featurize(batch=(batch.input_ids, batch.attention_mask, batch.loss_mask),
-                                           inds=np.asarray(indices))  # fmt: skip
+                    self.traker_.featurize(batch=task.fields(batch), inds=np.asarray(indices))
         with self._timed("finalize_features"), self._quiet():
             self.lambdas_ = []
             for model_id in range(len(self.checkpoints_)):
@@ -192,7 +184,7 @@ class TrakAttributor(BaselineAttributor):
                     projector.proj_matrix = torch.empty(0)
                 self.traker_.finalize_features(model_ids=[model_id])
 
-    def score(self, queries: TokenizedData) -> torch.Tensor:
+    def score(self, queries: Examples) -> torch.Tensor:
         traker = require_prepared(self.traker_)
         experiment = f"queries_{self._n_scored}"
         self._n_scored += 1
@@ -202,8 +194,7 @@ class TrakAttributor(BaselineAttributor):
                                                 num_targets=len(queries))  # fmt: skip
                 for indices in index_batches(len(queries), self.config.batch_size):
                     batch = queries.batch(indices)
-                    traker.score(batch=(batch.input_ids, batch.attention_mask, batch.loss_mask),
-                                 inds=np.asarray(indices))  # fmt: skip
+                    traker.score(batch=self.context.task.fields(batch), inds=np.asarray(indices))
             with self._quiet():
                 scores = traker.finalize_scores(exp_name=experiment)
         return torch.as_tensor(np.array(scores, dtype=np.float32)).T.contiguous()

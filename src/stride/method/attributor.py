@@ -15,18 +15,16 @@ from torch import nn
 
 from stride.attributor import Attributor
 from stride.config import StrideConfig
-from stride.data import TokenizedData
 from stride.errors import StrideError
 from stride.method.measure import query_responses
 from stride.method.membership import example_subsets, membership_matrix, subset_sizes
 from stride.method.operators import OperatorBank
 from stride.method.recover import cross_validated_lambda, lasso_scores, standardize
-from stride.method.steering import SteeredModel
 from stride.method.train import OperatorTrainer
-from stride.models import decoder_blocks, default_layer
 from stride.registry import MethodContext, register
 from stride.reproducibility import deterministic_algorithms
 from stride.store import RunStore
+from stride.tasks import CausalLMTask, Examples, Task
 
 TRAINING_FIELDS = (
     "form", "rank", "n_subsets", "subsets_per_example", "epochs", "batch_size", "learning_rate",
@@ -36,7 +34,9 @@ TRAINING_FIELDS = (
 
 
 class StrideAttributor(Attributor):
-    """Attribution with steering operators on random subsets and per-query Lasso recovery."""
+    """Attribution with steering operators on random subsets and per-query Lasso recovery.
+
+    `task` says how the model is fed, where it is steered and what a loss is (default: a causal LM)."""
 
     name = "stride"
 
@@ -48,6 +48,7 @@ class StrideAttributor(Attributor):
         store: RunStore | None = None,
         model_digest: str = "",
         progress: bool = True,
+        task: Task | None = None,
     ):
         super().__init__()
         self.model = model
@@ -56,26 +57,21 @@ class StrideAttributor(Attributor):
         self.store = store
         self.model_digest = model_digest
         self.progress = progress
-        self.blocks = decoder_blocks(model)
-        self.layer = self.config.layer if self.config.layer is not None else default_layer(len(self.blocks))
-        if not 0 <= self.layer < len(self.blocks):
-            raise StrideError(f"layer must be between 0 and {len(self.blocks) - 1}, got {self.layer}")
+        self.task = task or CausalLMTask()
+        self.steered_ = self.task.steered(model, self.config.layer)  # its bank is set by prepare()
+        self.layer = self.steered_.location
         self.table_: np.ndarray | None = None
-        self.steered_: SteeredModel | None = None
         self.lambda_: float | None = None
         self._operator_args: dict[str, Any] = {}
         self.stage_info: dict[str, Any] = {}
 
     def settings(self) -> dict[str, Any]:
-        return {**self.config.to_dict(), "layer": self.layer, "seed": self.seed, "n_blocks": len(self.blocks)}
+        return {**self.config.to_dict(), **self.steered_.settings(), **self.task.settings(), "seed": self.seed}
 
-    def _new_bank(self) -> OperatorBank:
+    def _new_bank(self, train: Examples) -> OperatorBank:
         config = self.config
-        return OperatorBank(
-            config.form, config.n_subsets, self.model.config.hidden_size if hasattr(self.model.config, "hidden_size")
-            else self.model.get_input_embeddings().embedding_dim, config.rank,
-            self.model.get_output_embeddings().out_features, self.seed,
-        )  # fmt: skip
+        hidden_size, output_size = self.steered_.sizes(train.batch([0]))
+        return OperatorBank(config.form, config.n_subsets, hidden_size, config.rank, output_size, self.seed)
 
     def _stage(self, name: str, args: dict[str, Any], compute) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Load a finished stage or compute and save it; records its seconds either way."""
@@ -93,7 +89,7 @@ class StrideAttributor(Attributor):
         self.stage_info[name] = info
         return tensors, info
 
-    def prepare(self, train: TokenizedData) -> None:
+    def prepare(self, train: Examples) -> None:
         """Draw the membership design and train (or load) the operators on `train`."""
         config = self.config
         config.validate(len(train))
@@ -108,10 +104,10 @@ class StrideAttributor(Attributor):
         self.table_ = tensors["example_subsets"].numpy()
         self._operator_args = {
             **membership_args, "layer": self.layer, "model": self.model_digest, "train": train.digest,
-            **{name: getattr(config, name) for name in TRAINING_FIELDS},
+            **{name: getattr(config, name) for name in TRAINING_FIELDS}, **self.task.settings(),
         }  # fmt: skip
-        bank = self._new_bank()
-        self.steered_ = SteeredModel(self.model, self.blocks, self.layer, bank)
+        bank = self._new_bank(train)
+        self.steered_.bank = bank
 
         def fit() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             torch.manual_seed(self.seed)
@@ -132,9 +128,9 @@ class StrideAttributor(Attributor):
 
     _on_step = None  # tests and callers may set a callable(step) to observe (or interrupt) training
 
-    def responses(self, queries: TokenizedData) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss drops [n_queries, K] under each operator and the base losses [n_queries]."""
-        if self.steered_ is None:
+    def responses(self, queries: Examples) -> tuple[torch.Tensor, torch.Tensor]:
+        """Measurement drops [n_queries, K] under each operator and the base measurements [n_queries]."""
+        if self.steered_.bank is None:
             raise RuntimeError("call prepare() before scoring")
         args = {**self._operator_args, "queries": queries.digest}
 
@@ -147,7 +143,7 @@ class StrideAttributor(Attributor):
         tensors, _ = self._stage("responses", args, measure)
         return tensors["responses"], tensors["base_losses"]
 
-    def score(self, queries: TokenizedData) -> torch.Tensor:
+    def score(self, queries: Examples) -> torch.Tensor:
         """Lasso-recovered influence of every training example on every query."""
         responses, _ = self.responses(queries)
         config = self.config
@@ -175,5 +171,5 @@ class StrideAttributor(Attributor):
 def _create(context: MethodContext) -> StrideAttributor:
     return StrideAttributor(
         context.model, context.stride_config, seed=context.seed, store=context.store,
-        model_digest=context.model_digest, progress=context.progress,
+        model_digest=context.model_digest, progress=context.progress, task=context.task,
     )  # fmt: skip

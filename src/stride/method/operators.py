@@ -1,7 +1,7 @@
 """Steering operators: one shared low-rank basis B and one small matrix a_k per subset k.
 
 residual form:  h'_l = h_l + a_k (B h_l),   a_k in R^{d_model x r}   (upper blocks run on h'_l)
-logit form:     o'   = o + a_k (B h_l),     a_k in R^{vocab x r}
+logit form:     o'   = o + a_k (B h_l),     a_k in R^{vocab x r}   (classifiers: R^{classes x r})
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ class OperatorBank(nn.Module):
         return self.coefficients.shape[0]
 
     def delta(self, hidden: torch.Tensor, subset_ids: torch.Tensor) -> torch.Tensor:
-        """a_k (B h) for each row's operator k: hidden [N, T, d_model] -> [N, T, out_size]."""
+        """a_k (B h) for each row's operator k: hidden [N, T, d_model] -> [N, T, out_size] ([N, d] -> [N, out])."""
+        if hidden.dim() == 2:
+            return self.delta(hidden[:, None], subset_ids)[:, 0]
         codes = hidden @ self.basis.T
         return torch.einsum("ntr,nor->nto", codes, self.coefficients[subset_ids])
 

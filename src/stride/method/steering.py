@@ -1,17 +1,21 @@
-"""Running a frozen causal LM with operators attached, reusing the activations below the steered block.
+"""Running a frozen model with operators attached, reusing the activations below the steered place.
 
-The base pass runs the whole model once per batch and keeps the output of the steered block.
-A steered pass replaces the blocks up to the steered one by stand-ins that hand back those cached
-(and steered) activations, so only the blocks above run again, once per (example, subset) row.
-The model's code is never edited: blocks are swapped inside their ModuleList for the duration of
-one call and forward hooks do the rest.
+`Steered` is what the STRIDE core talks to: a base pass per batch keeps the representation at
+the steered place and the outputs; a steered pass adds a_k B h to the outputs (logit form) or
+to that representation and runs only what lies above it (residual form).
+
+`SteeredModel` is the causal-LM case: a steered pass replaces the blocks up to the steered one by
+stand-ins that hand back the cached (and steered) activations, so only the blocks above run again,
+once per (example, subset) row. The model's code is never edited: blocks are swapped inside their
+ModuleList for the duration of one call and forward hooks do the rest.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 from torch import nn
@@ -19,10 +23,13 @@ from torch import nn
 from stride.data import Batch
 from stride.method.operators import LOGIT, RESIDUAL, OperatorBank
 
+if TYPE_CHECKING:
+    from stride.tasks import Task
+
 
 @dataclass
 class BasePass:
-    """What the frozen model computes once per batch: the steered block's output and the logits."""
+    """What the frozen model computes once per batch: the representation at the steered place and the logits."""
 
     hidden: torch.Tensor
     logits: torch.Tensor
@@ -58,20 +65,67 @@ class _CachedBlock(nn.Module):
         return (result,) if self.returns_tuple else result
 
 
-class SteeredModel:
-    """A frozen causal LM, the decoder block to steer, and a bank of operators."""
+class Steered(ABC):
+    """A frozen model, the place where it is steered, its task, and a bank of operators (set before use)."""
 
-    def __init__(self, model: nn.Module, blocks: nn.ModuleList, layer: int, bank: OperatorBank):
+    def __init__(self, model: nn.Module, bank: OperatorBank | None, task: Task):
         self.model = model
+        self.bank = bank
+        self.task = task
+
+    @property
+    @abstractmethod
+    def location(self) -> Any:
+        """The steered place as the `layer` setting records it."""
+
+    def settings(self) -> dict[str, Any]:
+        """What describes the steered place in a run's info.json."""
+        return {"layer": self.location}
+
+    @abstractmethod
+    def sizes(self, sample: Any) -> tuple[int, int]:
+        """Widths of the steered representation and of the outputs (`sample`: a batch to probe with)."""
+
+    @abstractmethod
+    def base(self, batch: Any) -> BasePass:
+        """One unsteered pass without gradients: the representation at the steered place and the outputs."""
+
+    @abstractmethod
+    def logits_from_hidden(self, hidden: torch.Tensor, batch: Any) -> torch.Tensor:
+        """Outputs when the steered place holds `hidden` (rows aligned with `batch`)."""
+
+    def steered_logits(self, base: BasePass, batch: Any, rows: torch.Tensor, subset_ids: torch.Tensor) -> torch.Tensor:
+        """Outputs of base-pass rows `rows`, each steered by operator `subset_ids[i]`."""
+        hidden = base.hidden[rows]
+        if self.bank.form == LOGIT:
+            return base.logits[rows] + self.bank.delta(hidden, subset_ids)
+        steered_hidden = hidden + self.bank.delta(hidden, subset_ids)
+        return self.logits_from_hidden(steered_hidden, batch.select(rows))
+
+
+class SteeredModel(Steered):
+    """A frozen causal LM steered at the output of one decoder block."""
+
+    def __init__(self, model: nn.Module, blocks: nn.ModuleList, layer: int, bank: OperatorBank | None,
+                 task: Task | None = None):  # fmt: skip
+        from stride.tasks import CausalLMTask
+
+        super().__init__(model, bank, task or CausalLMTask())
         self.blocks = blocks
         self.layer = layer
-        self.bank = bank
         self._block_returns_tuple = False
 
-    def _logits(self, batch: Batch) -> torch.Tensor:
-        return self.model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
-        ).logits
+    @property
+    def location(self) -> int:
+        return self.layer
+
+    def settings(self) -> dict[str, Any]:
+        return {"layer": self.layer, "n_blocks": len(self.blocks)}
+
+    def sizes(self, sample: Batch | None = None) -> tuple[int, int]:
+        config = self.model.config
+        hidden = config.hidden_size if hasattr(config, "hidden_size") else self.model.get_input_embeddings().embedding_dim
+        return hidden, self.model.get_output_embeddings().out_features
 
     @torch.no_grad()
     def base(self, batch: Batch) -> BasePass:
@@ -84,27 +138,19 @@ class SteeredModel:
 
         handle = self.blocks[self.layer].register_forward_hook(keep)
         try:
-            logits = self._logits(batch)
+            logits = self.task.outputs(self.model, batch)
         finally:
             handle.remove()
         return BasePass(captured["hidden"], logits)
 
-    def steered_logits(self, base: BasePass, batch: Batch, rows: torch.Tensor, subset_ids: torch.Tensor) -> torch.Tensor:
-        """Logits of base-pass rows `rows`, each steered by operator `subset_ids[i]`."""
-        hidden = base.hidden[rows]
-        if self.bank.form == LOGIT:
-            return base.logits[rows] + self.bank.delta(hidden, subset_ids)
-        steered_hidden = hidden + self.bank.delta(hidden, subset_ids)
-        return self.logits_from_block(steered_hidden, batch.select(rows))
-
-    def logits_from_block(self, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def logits_from_hidden(self, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Run only the blocks above the steered one, starting from `hidden` as its output."""
         originals = [self.blocks[i] for i in range(self.layer + 1)]
         try:
             for i, original in enumerate(originals):
                 output = hidden if i == self.layer else None
                 self.blocks[i] = _CachedBlock(original, output, self._block_returns_tuple)
-            return self._logits(batch)
+            return self.task.outputs(self.model, batch)
         finally:
             for i, original in enumerate(originals):
                 self.blocks[i] = original

@@ -1,11 +1,11 @@
 """Joint training of the basis and the K operators, base model frozen.
 
 Loss of one step over a batch of training examples, each paired with each of its d subsets:
-  fidelity   cross-entropy of the example under its subsets' operators (the operator should
+  fidelity   the task's loss of the example under its subsets' operators (the operator should
              explain its own subset),
   stability  KL(base || steered) of other examples of the batch under operators whose subset
              they are not in (no global shift),
-  linearity  ||(P - I) y||^2 / K for a probe example, where y holds its K loss drops and P
+  linearity  ||(P - I) y||^2 / K for a probe example, where y holds its K measurement drops and P
              projects onto the span of a random sketch of the membership (plus an intercept):
              the responses should follow an additive model of membership.
 """
@@ -23,11 +23,10 @@ import torch
 from tqdm.auto import tqdm
 
 from stride.config import StrideConfig
-from stride.data import TokenizedData
 from stride.errors import StrideError
-from stride.losses import sequence_kl, sequence_losses
 from stride.method.membership import membership_matrix
-from stride.method.steering import SteeredModel
+from stride.method.steering import Steered
+from stride.tasks import Examples
 
 
 @dataclass
@@ -53,9 +52,9 @@ def linearity_projector(table: np.ndarray, n_subsets: int, sketch_dim: int, ridg
 
 
 class OperatorTrainer:
-    """Trains a SteeredModel's bank on a training set; resumable from a checkpoint file."""
+    """Trains a Steered model's bank on a training set; resumable from a checkpoint file."""
 
-    def __init__(self, steered: SteeredModel, data: TokenizedData, table: np.ndarray, config: StrideConfig, seed: int):
+    def __init__(self, steered: Steered, data: Examples, table: np.ndarray, config: StrideConfig, seed: int):
         self.steered = steered
         self.data = data
         self.table = torch.as_tensor(table, dtype=torch.long)
@@ -86,7 +85,7 @@ class OperatorTrainer:
         rows = torch.arange(n_rows).repeat_interleave(per_example)
         subset_ids = memberships.reshape(-1)
         logits = steered.steered_logits(base, batch, rows, subset_ids)
-        fidelity = sequence_losses(logits, batch.select(rows)).mean()
+        fidelity = steered.task.losses(logits, batch.select(rows)).mean()
         loss = fidelity
         stability = self._stability(base, batch, rows, subset_ids, memberships, generator)
         if stability is not None:
@@ -118,17 +117,16 @@ class OperatorTrainer:
             return None
         others, subset_ids = others[chosen], subset_ids[chosen]
         logits = self.steered.steered_logits(base, batch, others, subset_ids)
-        return sequence_kl(base.logits[others], logits, batch.select(others)).mean()
+        return self.steered.task.divergence(base.logits[others], logits, batch.select(others)).mean()
 
     def _linearity(self, base, batch, generator) -> torch.Tensor:
         """Penalty on the part of one probe example's K responses that no additive model explains."""
         probe = int(torch.randint(0, len(batch), (1,), generator=generator))
         n_subsets = self.config.n_subsets
         rows = torch.full((n_subsets,), probe, dtype=torch.long)
-        base_loss = sequence_losses(base.logits[probe : probe + 1], batch.select(rows[:1]))
-        steered = sequence_losses(
-            self.steered.steered_logits(base, batch, rows, torch.arange(n_subsets)), batch.select(rows)
-        )
+        measurement = self.steered.task.measurement
+        base_loss = measurement(base.logits[probe : probe + 1], batch.select(rows[:1]))
+        steered = measurement(self.steered.steered_logits(base, batch, rows, torch.arange(n_subsets)), batch.select(rows))
         responses = base_loss - steered
         residual = self.projector @ responses - responses
         return residual.pow(2).mean()
