@@ -58,7 +58,9 @@ class TrakSettings:
         lambda_ratio: the factor of that rule (0.1).
         projection_block: columns of the projection matrix generated at once on CPU (at least two
             blocks are always used).
-        batch_size: examples per vmap'ed gradient batch.
+        batch_size: examples per vmap'ed gradient batch. TRAKer's CPU projector regenerates the
+            whole projection matrix for every batch, so its cost grows with the number of
+            batches: 128 (memory 128 x n_params floats) was 8x faster than 16 on the benchmark.
         checkpoints: further model folders (same architecture and tokenizer): TRAK's ensemble.
         include_model: also use the attributed model itself.
     """
@@ -68,7 +70,7 @@ class TrakSettings:
     lambda_reg: float | None = None
     lambda_ratio: float = 0.1
     projection_block: int = 100
-    batch_size: int = 16
+    batch_size: int = 128
     checkpoints: list[str] = field(default_factory=list)
     include_model: bool = True
 
