@@ -89,6 +89,14 @@ def test_trak_ensemble_of_checkpoints(gpt2_dir, corpus, tmp_path):
     assert len(result.info["settings"]["lambda_used"]) == 2 and min(result.info["settings"]["lambda_used"]) > 0
 
 
+def test_trak_projections_agree(gpt2_dir, corpus, tmp_path):
+    """The count sketch and TRAKer's Gaussian projector are both JL maps: their scores agree closely."""
+    sparse = _run(gpt2_dir, corpus, tmp_path / "sjlt", "trak", proj_dim=512).scores
+    dense = _run(gpt2_dir, corpus, tmp_path / "gaussian", "trak", proj_dim=512, projection="gaussian").scores
+    agreement = torch.corrcoef(torch.stack([sparse.flatten(), dense.flatten()]))[0, 1]
+    assert agreement > 0.9, f"correlation of the two projections' scores: {agreement:.3f}"
+
+
 def test_unknown_or_bad_settings_are_refused(gpt2_dir, corpus, tmp_path):
     with pytest.raises(StrideError, match="unknown setting"):
         _run(gpt2_dir, corpus, tmp_path / "a", "graddot", proj_dimension=8)

@@ -28,6 +28,8 @@ class StrideConfig:
         subsets_per_example: number d of subsets every training example belongs to.
         epochs: passes over the (example, subset) pairs while training the operators.
         batch_size: training examples per step (each is expanded to its d subsets).
+        length_grouping: batches of the operator training are drawn from windows of
+            `length_grouping` batches sorted by length (less padding; 0: purely random batches).
         learning_rate: Adam learning rate for the basis and the operators.
         stability_weight: weight of KL(base || steered) on examples outside the operator's subset.
         stability_fraction: fraction of the pairs of a step that also get a stability term.
@@ -50,6 +52,7 @@ class StrideConfig:
     subsets_per_example: int = 20
     epochs: int = 3
     batch_size: int = 16
+    length_grouping: int = 32
     learning_rate: float = 3e-3
     stability_weight: float = 0.1
     stability_fraction: float = 0.25
@@ -80,6 +83,8 @@ class StrideConfig:
         for name in ("rank", "epochs", "batch_size", "measure_rows", "checkpoint_every", "cv_queries"):
             if getattr(self, name) < 1:
                 raise StrideError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.length_grouping < 0:
+            raise StrideError(f"length_grouping must be 0 or more, got {self.length_grouping}")
         if not 0.0 <= self.stability_fraction <= 1.0:
             raise StrideError(f"stability_fraction must be in [0, 1], got {self.stability_fraction}")
         if self.learning_rate <= 0 or self.lasso_lambda <= 0:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import datasets
+import pyarrow.compute as pc
 import torch
 
 from stride.errors import StrideError
@@ -140,6 +141,7 @@ class TokenizedData:
             new_fingerprint=_fingerprint(examples, tokenizer, max_length),
             desc=f"tokenizing {name}",
         ).with_format("numpy")
+        self.lengths = pc.list_value_length(self.tokens.data.column("input_ids")).to_numpy()
         self.n_truncated = int(sum(self.tokens["truncated"]))
         if self.n_truncated:
             warnings.warn(

@@ -27,7 +27,7 @@ from stride.store import RunStore
 from stride.tasks import CausalLMTask, Examples, Task
 
 TRAINING_FIELDS = (
-    "form", "rank", "n_subsets", "subsets_per_example", "epochs", "batch_size", "learning_rate",
+    "form", "rank", "n_subsets", "subsets_per_example", "epochs", "batch_size", "length_grouping", "learning_rate",
     "stability_weight", "stability_fraction", "linearity_weight", "linearity_sketch_dim",
     "linearity_ridge", "linearity_every",
 )  # fmt: skip

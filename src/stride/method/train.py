@@ -72,8 +72,23 @@ class OperatorTrainer:
         return -(-len(self.data) // self.config.batch_size)
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
+        """A seeded permutation; with length grouping, each window of batches is sorted by length
+        (so a batch pads little) and the full batches are then shuffled."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.data), generator=generator)
+        order = torch.randperm(len(self.data), generator=generator)
+        lengths = getattr(self.data, "lengths", None)
+        size, windows = self.config.batch_size, self.config.length_grouping
+        if lengths is None or windows <= 0:
+            return order
+        lengths = torch.as_tensor(np.asarray(lengths, dtype=np.int64))
+        window = size * windows
+        grouped = torch.cat([
+            chunk[torch.sort(lengths[chunk], stable=True).indices] for chunk in order.split(window)
+        ])  # fmt: skip
+        batches = list(grouped.split(size))
+        full = len(batches) - (len(batches[-1]) < size)
+        shuffled = [batches[i] for i in torch.randperm(full, generator=generator)] + batches[full:]
+        return torch.cat(shuffled)
 
     def _step(self, indices: torch.Tensor, step: int) -> tuple[float, float, float]:
         config, steered = self.config, self.steered
