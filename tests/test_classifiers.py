@@ -1,0 +1,143 @@
+"""STRIDE and the baselines on a tiny MLP classifier through stride.classifiers.attribute_classifier.
+
+The data: Gaussian inputs with random labels, so the only training example that helps a query
+that copies it is the copy itself; the MLP is trained briefly (it fits most labels, not all).
+"""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from stride.classifiers import ClassifierTask, attribute_classifier, classifier_config
+from stride.classifiers.data import ClassifierBatch
+from stride.errors import StrideError
+from stride.method.operators import OperatorBank
+
+N_TRAIN, N_CLASSES, DIM = 100, 3, 20
+DUPLICATES = (3, 40, 7, 77, 90, 55)  # query j copies training example DUPLICATES[j]
+LIBRARY = {"trak": "trak", "ekfac": "kronfluence"}
+
+
+@pytest.fixture(scope="module")
+def setup():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(N_TRAIN + 10, DIM, generator=generator)
+    y = torch.randint(0, N_CLASSES, (N_TRAIN + 10,), generator=generator)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(DIM, 32), nn.ReLU(), nn.Linear(32, N_CLASSES))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x[:N_TRAIN]), y[:N_TRAIN]).backward()
+        optimizer.step()
+    rows = torch.tensor(DUPLICATES)
+    return {"model": model, "x": x[:N_TRAIN], "y": y[:N_TRAIN],
+            "xq": torch.cat([x[rows], x[N_TRAIN:]]), "yq": torch.cat([y[rows], y[N_TRAIN:]])}  # fmt: skip
+
+
+def _scores(setup, **kwargs):
+    return attribute_classifier(setup["model"], setup["x"], setup["y"], setup["xq"], setup["yq"], **kwargs)
+
+
+@pytest.mark.parametrize("method", ["stride", "graddot", "gradcos", "repsim", "trak", "ekfac"])
+def test_exact_duplicates_of_a_query_rank_in_its_top5(method, setup):
+    if method in LIBRARY:
+        pytest.importorskip(LIBRARY[method])
+    scores = _scores(setup, method=method)
+    assert scores.shape == (len(setup["yq"]), N_TRAIN) and scores.dtype == torch.float32
+    assert torch.isfinite(scores).all()
+    for query, duplicate in enumerate(DUPLICATES):
+        top5 = torch.argsort(scores[query], descending=True)[:5].tolist()
+        assert duplicate in top5, f"{method}: training example {duplicate} not in query {query}'s top 5: {top5}"
+        assert scores[query, duplicate] > 0, f"{method}: the copy of query {query} must lower its loss"
+
+
+def test_same_seed_same_scores_other_seed_other_scores(setup):
+    config = classifier_config(N_TRAIN, epochs=10)
+    first = _scores(setup, config=config, seed=0)
+    assert torch.equal(first, _scores(setup, config=config, seed=0))
+    assert not torch.equal(first, _scores(setup, config=config, seed=1))
+    assert torch.equal(_scores(setup, method="graddot", seed=3), _scores(setup, method="graddot", seed=3))
+
+
+def test_run_folder_records_the_run_and_a_rerun_reuses_its_stages(setup, tmp_path):
+    config = classifier_config(N_TRAIN, epochs=5)
+    scores = _scores(setup, config=config, out_dir=tmp_path / "run", measurement="margin")
+    info = json.loads((tmp_path / "run" / "info.json").read_text())
+    assert info["settings"]["layer"] == "2:input" and info["settings"]["measurement"] == "margin"
+    assert info["n_classes"] == N_CLASSES and info["settings"]["n_subsets"] == 5 * N_TRAIN
+    again = _scores(setup, config=config, out_dir=tmp_path / "run", measurement="margin")
+    assert torch.equal(scores, again)
+    with pytest.raises(StrideError, match="other settings"):
+        _scores(setup, config=config, out_dir=tmp_path / "run", measurement="ce")
+
+
+def test_residual_form_at_a_named_module_and_trak_ensemble(setup):
+    config = classifier_config(N_TRAIN, epochs=5, form="residual")
+    assert torch.isfinite(_scores(setup, config=config, layer="0")).all()
+    pytest.importorskip("trak")
+    other = nn.Sequential(nn.Linear(DIM, 32), nn.ReLU(), nn.Linear(32, N_CLASSES))
+    assert torch.isfinite(_scores(setup, method="trak", checkpoints=[setup["model"], other])).all()
+
+
+def test_a_dataset_of_pairs_gives_the_same_scores_as_tensors(setup):
+    pairs = list(zip(setup["x"], setup["y"].tolist()))
+    config = classifier_config(N_TRAIN, epochs=5)
+    from_pairs = attribute_classifier(setup["model"], pairs, None, setup["xq"], setup["yq"], config=config)
+    assert torch.equal(from_pairs, _scores(setup, config=config))
+
+
+def test_residual_replay_and_logit_form_match_a_hand_computation(setup):
+    model = setup["model"]
+    task = ClassifierTask()
+    batch = ClassifierBatch(setup["x"][:4], setup["y"][:4])
+    for form in ("logit", "residual"):
+        steered = task.steered(model, None)
+        steered.bank = OperatorBank(form, 3, 32, 2, N_CLASSES, seed=0)
+        with torch.no_grad():
+            steered.bank.coefficients.normal_()
+            base = steered.base(batch)
+            rows, subsets = torch.tensor([0, 1, 1, 3]), torch.tensor([2, 0, 1, 2])
+            got = steered.steered_logits(base, batch, rows, subsets)
+            hidden = torch.relu(model[0](batch.inputs[rows]))
+            delta = torch.einsum("nr,nor->no", hidden @ steered.bank.basis.T, steered.bank.coefficients[subsets])
+            expected = model(batch.inputs[rows]) + delta if form == "logit" else model[2](hidden + delta)
+        torch.testing.assert_close(got, expected)
+        assert torch.equal(base.logits, model(batch.inputs))
+
+
+def test_margin_measurement_is_minus_the_margin():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 3.0, 1.0]])
+    batch = ClassifierBatch(torch.zeros(2, 1), torch.tensor([0, 2]))
+    expected = torch.stack([torch.logsumexp(torch.tensor([0.5, -1.0]), 0) - 2.0,
+                            torch.logsumexp(torch.tensor([0.0, 3.0]), 0) - 1.0])  # fmt: skip
+    torch.testing.assert_close(ClassifierTask("margin").measurement(logits, batch), expected)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda d: d.update(y=d["y"][:-1]), "100 inputs but 99 labels"),
+    (lambda d: d.update(yq=d["yq"] + N_CLASSES), "labels must be from 0 to 2"),
+    (lambda d: d.update(y=d["y"].float()), "integer class indices"),
+    (lambda d: d.update(y=d["y"][:, None]), "1-d"),
+    (lambda d: d["x"].__setitem__((5, 2), float("nan")), "1 NaN or inf"),
+    (lambda d: d.update(xq=d["xq"][:0], yq=d["yq"][:0]), "no examples"),
+])  # fmt: skip
+def test_bad_data_is_refused_with_a_clear_error(change, message, setup):
+    data = {key: value.clone() for key, value in setup.items() if key != "model"}
+    change(data)
+    with pytest.raises(StrideError, match=message):
+        attribute_classifier(setup["model"], data["x"], data["y"], data["xq"], data["yq"], method="repsim")
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"method": "tfidf"}, "method must be one of"),
+    ({"measurement": "accuracy"}, "measurement must be one of"),
+    ({"layer": "head"}, "no module named 'head'"),
+    ({"method": "ekfac", "checkpoints": [nn.Linear(2, 2)]}, "checkpoints are used by"),
+    ({"config": classifier_config(N_TRAIN, n_subsets=10_000)}, "some subsets would be empty"),
+])  # fmt: skip
+def test_bad_arguments_are_refused_with_a_clear_error(kwargs, message, setup):
+    with pytest.raises(StrideError, match=message):
+        _scores(setup, **kwargs)
