@@ -14,7 +14,7 @@ every subset's model (common random numbers), and full-batch training is determi
 differ only by their initialisation. LDS uses the seed-mean query cross-entropy; the seed-vs-seed
 ceiling is the Spearman correlation between two seeds, averaged over seed pairs and queries.
 
-Counterfactual: for `--cf-queries` queries, remove the k training examples STRIDE scores highest
+Counterfactual: for `--cf-queries` queries, remove the k training examples a method scores highest
 (and, as the reference, k random ones), retrain from scratch (`--cf-seeds` seeds) and report the
 increase of the query's cross-entropy over the full-data retrain of the same seed.
 
@@ -190,30 +190,35 @@ def attribute(method: str, models: list[nn.Module], data: dict[str, torch.Tensor
     return scores.numpy()
 
 
-def counterfactual(data: dict[str, torch.Tensor], recipe: Recipe, scores: np.ndarray, ks: list[int],
-                   n_queries: int, n_seeds: int, seed: int) -> dict:  # fmt: skip
-    """Top-k (by `scores`) and random removal for `n_queries` random queries, retrained from scratch."""
+def retrain_without(data: dict[str, torch.Tensor], recipe: Recipe, removals: np.ndarray, ks: list[int],
+                    seeds: list[int]) -> np.ndarray:  # fmt: skip
+    """Query losses [k, queries, seeds, all queries] of retrains without the first k of each removal
+    row (removals: [queries, seeds, k_max])."""
+    n = len(data["y"])
+    per_k = []
+    for k in ks:
+        kept = [np.setdiff1d(np.arange(n), row[:k]) for per_query in removals for row in per_query]
+        weights = train_mlps(data["x"], data["y"], torch.as_tensor(np.stack(kept)), seeds * len(removals), recipe)
+        per_k.append(query_losses(weights, data["xq"], data["yq"]).view(len(removals), len(seeds), -1))
+    return torch.stack(per_k).numpy()
+
+
+def counterfactual(data: dict[str, torch.Tensor], recipe: Recipe, scores: dict[str, np.ndarray], ks: list[int],
+                   n_queries: int, n_seeds: int, seed: int) -> dict[str, dict]:  # fmt: skip
+    """Per method, its top-k removal against k random removals for `n_queries` random queries,
+    all retrained from scratch; the full-data and random retrains are shared by the methods."""
     n = len(data["y"])
     queries = sorted(np.random.default_rng(seed).choice(len(data["yq"]), size=n_queries, replace=False).tolist())
-    removals = {"top": top_k_removals(scores, queries, max(ks)), "random": random_removals(n, queries, n_seeds, max(ks), seed)}
     seeds = [2000 + s for s in range(n_seeds)]
     full = query_losses(train_mlps(data["x"], data["y"], torch.arange(n).repeat(n_seeds, 1), seeds, recipe),
-                        data["xq"], data["yq"])  # fmt: skip
-    removed = {}
-    for kind, table in removals.items():
-        per_k = []
-        for k in ks:
-            kept, model_seeds = [], []
-            for j in range(len(queries)):
-                for s in range(n_seeds):
-                    drop = table[j, :k] if kind == "top" else table[j, s, :k]
-                    kept.append(np.setdiff1d(np.arange(n), drop))
-                    model_seeds.append(seeds[s])
-            weights = train_mlps(data["x"], data["y"], torch.as_tensor(np.stack(kept)), model_seeds, recipe)
-            per_k.append(query_losses(weights, data["xq"], data["yq"]).view(len(queries), n_seeds, -1))
-        removed[kind] = torch.stack(per_k).numpy()
-    report = counterfactual_report(full.numpy(), removed["top"], removed["random"], ks, queries, seed=seed)
-    return report.to_dict()
+                        data["xq"], data["yq"]).numpy()  # fmt: skip
+    random = retrain_without(data, recipe, random_removals(n, queries, n_seeds, max(ks), seed), ks, seeds)
+    reports = {}
+    for method, method_scores in scores.items():
+        top = top_k_removals(method_scores, queries, max(ks))[:, None, :].repeat(n_seeds, axis=1)
+        removed = retrain_without(data, recipe, top, ks, seeds)
+        reports[method] = counterfactual_report(full, removed, random, ks, queries, seed=seed).to_dict()
+    return reports
 
 
 @dataclass
@@ -223,7 +228,7 @@ class Result:
     seconds: dict[str, float] = field(default_factory=dict)
     ceiling: float | None = None
     ceiling_ci: tuple[float | None, float | None] = (None, None)
-    counterfactual: dict | None = None
+    counterfactual: dict[str, dict] = field(default_factory=dict)
 
 
 def run_dataset(name: str, args: argparse.Namespace) -> Result:
@@ -255,12 +260,17 @@ def run_dataset(name: str, args: argparse.Namespace) -> Result:
         result.ceiling, result.ceiling_ci = report.ceiling, (report.ceiling_ci_low, report.ceiling_ci_high)
         print(f"[{name}] {method}: LDS {report.mean:.3f} [{report.ci_low:.3f}, {report.ci_high:.3f}] "
               f"({result.seconds[method]:.1f}s)", flush=True)  # fmt: skip
-    if "stride" in all_scores and args.cf_queries > 0:
+    chosen = {method: all_scores[method] for method in args.cf_methods if method in all_scores}
+    if chosen and args.cf_queries > 0:
         started = time.perf_counter()
-        result.counterfactual = counterfactual(data, recipe, all_scores["stride"], args.cf_k, args.cf_queries,
-                                               args.cf_seeds, args.seed)  # fmt: skip
+        result.counterfactual = counterfactual(data, recipe, chosen, args.cf_k, args.cf_queries, args.cf_seeds,
+                                               args.seed)  # fmt: skip
         result.seconds["counterfactual"] = time.perf_counter() - started
     return result
+
+
+def _interval(summary: dict, spec: str) -> str:
+    return f"{summary['mean']:{spec}} [{summary['ci_low']:{spec}}, {summary['ci_high']:{spec}}]"
 
 
 def print_tables(results: list[Result], methods: list[str]) -> None:
@@ -271,20 +281,20 @@ def print_tables(results: list[Result], methods: list[str]) -> None:
         cells = []
         for r in results:
             lds = r.lds[method]
-            cells.append(f"{lds['mean']:.3f} [{lds['ci_low']:.3f}, {lds['ci_high']:.3f}] {r.seconds[method]:5.1f}s")
+            cells.append(f"{_interval(lds, '.3f')} {r.seconds[method]:5.1f}s")
         print(f"{method:<9}" + "".join(f"{c:>30}" for c in cells))
-    print(f"{'ceiling':<9}" + "".join(f"{r.ceiling:.3f} [{r.ceiling_ci[0]:.3f}, {r.ceiling_ci[1]:.3f}]".rjust(30)
-                                      for r in results))  # fmt: skip
+    ceilings = [{"mean": r.ceiling, "ci_low": r.ceiling_ci[0], "ci_high": r.ceiling_ci[1]} for r in results]
+    print(f"{'ceiling':<9}" + "".join(f"{_interval(c, '.3f'):>30}" for c in ceilings))
     for r in results:
-        if r.counterfactual is None:
+        if not r.counterfactual:
             continue
-        print(f"\ncounterfactual, {r.dataset}: query cross-entropy increase over the full-data retrain "
-              f"({r.counterfactual['n_queries']} queries, {r.counterfactual['n_seeds']} seeds; mean [95% CI])")
-        print(f"{'k':>4}  {'STRIDE top-k removed':<28}{'k random removed':<28}difference")
-        for row in r.counterfactual["per_k"]:
-            cells = [f"{row[key]['mean']:+.4f} [{row[key]['ci_low']:+.4f}, {row[key]['ci_high']:+.4f}]"
-                     for key in ("top_k", "random", "difference")]  # fmt: skip
-            print(f"{row['k']:>4}  {cells[0]:<28}{cells[1]:<28}{cells[2]}")
+        first = next(iter(r.counterfactual.values()))
+        print(f"\ncounterfactual, {r.dataset}: increase of the query's cross-entropy over the full-data retrain "
+              f"({first['n_queries']} queries, {first['n_seeds']} seeds; mean [95% CI])")
+        print((f"{'k':>4}  {'k random removed':<28}" + "".join(f"{m + ' top-k removed':<28}" for m in r.counterfactual)).rstrip())
+        for position, k in enumerate(first["ks"]):
+            rows = [first["per_k"][position]["random"]] + [c["per_k"][position]["top_k"] for c in r.counterfactual.values()]
+            print((f"{k:>4}  " + "".join(f"{_interval(v, '+.4f'):<28}" for v in rows)).rstrip())
 
 
 def main() -> None:
@@ -293,9 +303,11 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--subsets", type=int, default=100, help="random halves in the ground truth")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per subset in the ground truth")
-    parser.add_argument("--cf-queries", type=int, default=16, help="queries in the counterfactual (0: skip it)")
+    parser.add_argument("--cf-queries", type=int, default=30, help="queries in the counterfactual (0: skip it)")
     parser.add_argument("--cf-k", type=int, nargs="+", default=[10, 20, 40], help="removed examples")
-    parser.add_argument("--cf-seeds", type=int, default=2)
+    parser.add_argument("--cf-seeds", type=int, default=3)
+    parser.add_argument("--cf-methods", nargs="+", default=["stride", "ekfac", "trak"], choices=list(METHODS),
+                        help="methods whose top-k removals are retrained (random removal is always the reference)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; these small kernels ran several times slower with 2 threads "
@@ -312,14 +324,15 @@ def main() -> None:
         "stride": {name: classifier_config(RECIPES[name].n_train).to_dict() for name in args.datasets},
         "method_settings": METHOD_SETTINGS, "trak_ensemble": TRAK_ENSEMBLE, "groundtruth": {"alpha": 0.5,
         "subsets": args.subsets, "seeds": args.seeds}, "counterfactual": {"queries": args.cf_queries, "k": args.cf_k,
-        "seeds": args.cf_seeds}, "seed": args.seed, "threads": torch.get_num_threads(),
+        "seeds": args.cf_seeds, "methods": args.cf_methods}, "seed": args.seed, "threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": platform.python_version(),
     }  # fmt: skip
     print("configuration:", json.dumps(config, indent=1), flush=True)
     results = [run_dataset(name, args) for name in args.datasets]
     print_tables(results, args.methods)
     total = time.perf_counter() - started
-    print(f"\ntotal wall time {total:.0f}s ({torch.get_num_threads()} threads)")
+    threads = torch.get_num_threads()
+    print(f"\ntotal wall time {total:.0f}s ({threads} thread{'s' if threads > 1 else ''})")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", {"config": config, "results": [asdict(r) for r in results], "seconds": total})

@@ -141,3 +141,30 @@ def test_bad_data_is_refused_with_a_clear_error(change, message, setup):
 def test_bad_arguments_are_refused_with_a_clear_error(kwargs, message, setup):
     with pytest.raises(StrideError, match=message):
         _scores(setup, **kwargs)
+
+
+def test_command_line_with_a_factory_file_weights_and_npz_data(setup, tmp_path, capsys):
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from stride.cli import main
+
+    (tmp_path / "mymodel.py").write_text(
+        "from torch import nn\n\n\n"
+        f"def make_model():\n    return nn.Sequential(nn.Linear({DIM}, 32), nn.ReLU(), nn.Linear(32, {N_CLASSES}))\n"
+    )
+    save_file(dict(setup["model"].state_dict()), str(tmp_path / "weights.safetensors"))
+    np.savez(tmp_path / "train.npz", inputs=setup["x"].numpy(), labels=setup["y"].numpy())
+    np.savez(tmp_path / "queries.npz", inputs=setup["xq"].numpy(), labels=setup["yq"].numpy())
+    (tmp_path / "config.json").write_text(json.dumps({"epochs": 5}))
+    args = ["attribute-classifier", "--factory", f"{tmp_path / 'mymodel.py'}:make_model", "--weights",
+            str(tmp_path / "weights.safetensors"), "--train", str(tmp_path / "train.npz"), "--queries",
+            str(tmp_path / "queries.npz"), "--out", str(tmp_path / "run"), "--config", str(tmp_path / "config.json"),
+            "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    from safetensors.torch import load_file
+
+    written = load_file(str(tmp_path / "run" / "scores.safetensors"))["scores"]
+    assert torch.equal(written, _scores(setup, config={"epochs": 5}))
+    assert main([*args[:2], f"{tmp_path / 'mymodel.py'}:make_net", *args[3:]]) == 2
+    assert "defines no function 'make_net'" in capsys.readouterr().err

@@ -38,6 +38,26 @@ def _attribute(args: argparse.Namespace) -> None:
     print(f"wrote {result.out_dir}/scores.safetensors [{result.scores.shape[0]} x {result.scores.shape[1]}] ({timings})")
 
 
+def _attribute_classifier(args: argparse.Namespace) -> None:
+    from stride.classifiers import attribute_classifier
+    from stride.classifiers.files import build_model, load_arrays, load_factory
+    from stride.config import read_mapping_file
+
+    values = read_mapping_file(args.config) if args.config else {}
+    section = values.get(args.method, values)  # a file may hold one section per method
+    config, method_settings = (section, None) if args.method == "stride" else (None, section)
+    factory = load_factory(args.factory)
+    model = build_model(factory, args.weights)
+    checkpoints = [build_model(factory, path) for path in args.checkpoints]
+    (train_x, train_y), (query_x, query_y) = load_arrays(args.train), load_arrays(args.queries)
+    scores = attribute_classifier(
+        model, train_x, train_y, query_x, query_y, out_dir=args.out, method=args.method, config=config,
+        layer=args.layer, measurement=args.measurement, checkpoints=checkpoints, method_settings=method_settings,
+        seed=args.seed, threads=args.threads, overwrite=args.overwrite, progress=not args.quiet,
+    )  # fmt: skip
+    print(f"wrote {args.out}/scores.safetensors [{scores.shape[0]} x {scores.shape[1]}]")
+
+
 def _train_lm(args: argparse.Namespace) -> None:
     from stride.api import set_threads
     from stride.config import read_mapping_file
@@ -138,6 +158,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--overwrite", action="store_true", help="replace a run with other settings in --out")
     sub.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code")
+
+    sub = command("attribute-classifier", _attribute_classifier,
+                  "score every training example for every query of a torch.nn.Module classifier")  # fmt: skip
+    sub.add_argument("--factory", required=True, help="path/to/file.py:function returning the model (runs that file)")
+    sub.add_argument("--weights", help="the model's state dict (.safetensors, or a torch file of tensors)")
+    sub.add_argument("--train", required=True, help=".npz or .safetensors holding 'inputs' and 'labels'")
+    sub.add_argument("--queries", required=True, help=".npz or .safetensors holding 'inputs' and 'labels'")
+    sub.add_argument("--out", required=True, help="output folder (run store)")
+    sub.add_argument("--method", default="stride", help="stride, trak, ekfac, graddot, gradcos or repsim")
+    sub.add_argument("--config", help="JSON/YAML file of settings (STRIDE: overrides of the classifier defaults)")
+    sub.add_argument("--layer", help="steered place: NAME (module output) or NAME:input; default: last Linear's input")
+    sub.add_argument("--measurement", choices=["ce", "margin"], default="ce")
+    sub.add_argument("--checkpoints", nargs="*", default=[], help="weights of further models: TRAK's ensemble")
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--overwrite", action="store_true", help="replace a run with other settings in --out")
 
     sub = command("train-lm", _train_lm, "pre-train (or fine-tune with --base) a tiny causal LM")
     sub.add_argument("--train", required=True, help="JSONL or datasets folder")

@@ -37,7 +37,7 @@ def classifier_config(n_train: int, **overrides: Any) -> StrideConfig:
     n_subsets = SUBSETS_PER_TRAINING_EXAMPLE * n_train
     values = {**CLASSIFIER_SETTINGS, "n_subsets": n_subsets,
               "subsets_per_example": min(CLASSIFIER_SETTINGS["subsets_per_example"], n_subsets)}  # fmt: skip
-    return StrideConfig(**{**values, **overrides})
+    return StrideConfig.from_dict({**values, **overrides})
 
 
 def _frozen(model: nn.Module) -> nn.Module:
@@ -73,7 +73,7 @@ def attribute_classifier(
     query_labels: Any,
     out_dir: str | Path | None = None,
     method: str = "stride",
-    config: StrideConfig | None = None,
+    config: StrideConfig | dict[str, Any] | None = None,
     layer: str | None = None,
     measurement: str = "ce",
     checkpoints: Sequence[nn.Module] = (),
@@ -93,7 +93,7 @@ def attribute_classifier(
         out_dir: run folder (stages, `scores.safetensors`, `info.json`); None keeps everything in memory.
         method: "stride", "trak", "ekfac", "graddot", "gradcos" or "repsim".
         config: STRIDE's settings (`layer` there, if set, is the steered place); default
-            `classifier_config(n_train)`.
+            `classifier_config(n_train)`; a dict overrides some of those defaults.
         layer: the steered place for STRIDE and the representation for repsim: "NAME" (output of
             module NAME) or "NAME:input"; default the input of the last nn.Linear.
         measurement: what is attributed, "ce" (the query's cross-entropy) or "margin" (minus its margin).
@@ -123,7 +123,9 @@ def attribute_classifier(
     n_classes = _n_classes(model, task, train)
     check_labels(train, n_classes)
     check_labels(queries, n_classes)
-    config = dataclasses.replace(config or classifier_config(len(train)), **({"layer": layer} if layer else {}))
+    if not isinstance(config, StrideConfig):
+        config = classifier_config(len(train), **(config or {}))
+    config = dataclasses.replace(config, **({"layer": layer} if layer else {}))
     config.validate(len(train) if method == "stride" else None)
     store = RunStore(out_dir, overwrite=overwrite) if out_dir is not None else None
     context = MethodContext(model, None, seed, store, module_digest(model), progress, config,

@@ -1,0 +1,76 @@
+"""Files the command line reads for classifiers: a model factory in the user's Python file, weights, arrays.
+
+Weights are safetensors or a torch file of tensors (read with weights_only=True); data are `.npz`
+(read without pickle) or safetensors files holding `inputs` and `labels`. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from stride.errors import StrideError
+
+
+def load_factory(spec: str) -> Callable[[], nn.Module]:
+    """`path/to/file.py:function` -> the function (the file is run as a module, like any import)."""
+    path, _, name = spec.rpartition(":")
+    if not path or not name:
+        raise StrideError(f"--factory must look like path/to/file.py:function, got {spec!r}")
+    if not Path(path).is_file():
+        raise StrideError(f"factory file not found: {path}")
+    module_spec = importlib.util.spec_from_file_location(f"stride_user_factory_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise StrideError(f"{path} defines no function {name!r}")
+    return factory
+
+
+def build_model(factory: Callable[[], nn.Module], weights: str | Path | None) -> nn.Module:
+    """A model from the factory, with its state loaded from `weights` when given (strictly)."""
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise StrideError(f"the factory returned a {type(model).__name__}, not a torch.nn.Module")
+    if weights is None:
+        return model
+    path = Path(weights)
+    if not path.is_file():
+        raise StrideError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as exc:
+        raise StrideError(f"{path} does not fit the factory's model: {exc}") from exc
+    return model
+
+
+def load_arrays(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """`inputs` and `labels` from a .npz or .safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise StrideError(f"data file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        arrays = load_file(str(path))
+    elif path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: torch.as_tensor(archive[name]) for name in archive.files}
+    else:
+        raise StrideError(f"{path}: data must be a .npz or .safetensors file with 'inputs' and 'labels'")
+    missing = {"inputs", "labels"} - set(arrays)
+    if missing:
+        raise StrideError(f"{path} lacks {sorted(missing)} (found {sorted(arrays)})")
+    return arrays["inputs"], arrays["labels"]
