@@ -2,10 +2,10 @@
 
 Regimes:
   finetune  a GPT-2 (0.54M parameters) pre-trained on a disjoint pool of 3,000 fortunes, fine-tuned
-            on 1,000 examples, 100 queries; ground truth fine-tunes the same base on 64 random
+            on 1,000 examples, 100 queries; ground truth fine-tunes the same base on 48 random
             halves x 2 seeds (data order).
   scratch   a smaller GPT-2 (d = 64, vocab 512) trained from scratch on 500 examples, 100 queries;
-            ground truth retrains from a fresh initialisation (seeded) on 48 random halves x 4
+            ground truth retrains from a fresh initialisation (seeded) on 32 random halves x 4
             seeds: seed noise is larger here, so more seeds (see the ceiling).
 
 TRAK gets an ensemble (--trak-ensemble models: the attributed one and others trained with other
@@ -55,12 +55,12 @@ FINETUNE_MODEL = dict(architecture="gpt2", n_layers=2, hidden_size=128, n_heads=
 SCRATCH_MODEL = dict(architecture="gpt2", n_layers=2, hidden_size=64, n_heads=4, vocab_size=512, context=128)
 REGIMES = {
     "finetune": Regime(
-        n_train=1000, n_queries=100, subsets=64, seeds=2,
+        n_train=1000, n_queries=100, subsets=48, seeds=2,
         base_recipe=LMRecipe(**FINETUNE_MODEL, epochs=3, learning_rate=3e-3, batch_size=32, seed=0),
         recipe=LMRecipe(**FINETUNE_MODEL, epochs=2, learning_rate=1e-3, batch_size=32, warmup_fraction=0.0, seed=0),
     ),
     "scratch": Regime(
-        n_train=500, n_queries=100, subsets=48, seeds=4,
+        n_train=500, n_queries=100, subsets=32, seeds=4,
         recipe=LMRecipe(**SCRATCH_MODEL, epochs=5, learning_rate=3e-3, batch_size=32, seed=0),
     ),
 }  # fmt: skip
@@ -146,7 +146,7 @@ def main() -> int:
     parser.add_argument("--methods", nargs="+", default=None, help="default: every available method")
     parser.add_argument("--method-settings", help="JSON/YAML mapping method -> settings (stride: StrideConfig)")
     parser.add_argument("--tag", default="", help="suffix of the run folders (to compare settings)")
-    parser.add_argument("--subsets", type=int, help="ground-truth subsets (default: per regime, 64 / 48)")
+    parser.add_argument("--subsets", type=int, help="ground-truth subsets (default: per regime, 48 / 32)")
     parser.add_argument("--seeds", type=int, help="ground-truth seeds per subset (default: per regime, 2 / 4)")
     parser.add_argument("--trak-ensemble", type=int, default=5, help="models in TRAK's ensemble (other seeds)")
     parser.add_argument("--workers", type=int, default=2)
