@@ -1,0 +1,69 @@
+"""LDS of equal-weight mixtures of two methods' scores (each standardised per query).
+
+Reads the run folders that `bench/lds.py` left under --out (REGIME/runs/METHOD/scores.safetensors)
+and its ground truth, and asks whether two methods carry complementary signal: if a mixture beats
+both parts, their errors differ. Prints the configuration and a table; writes mixtures.json.
+
+    python bench/score_mixtures.py [--out runs/bench_lds] [--regimes finetune scratch]
+        [--methods stride graddot ekfac trak tfidf]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+
+from stride.api import load_scores  # noqa: E402
+from stride.evaluation.groundtruth import load_groundtruth  # noqa: E402
+from stride.evaluation.lds import evaluate_lds  # noqa: E402
+from stride.store import write_json  # noqa: E402
+
+
+def standardised(scores: np.ndarray) -> np.ndarray:
+    """Each query's scores centred and divided by their standard deviation."""
+    centred = scores - scores.mean(axis=1, keepdims=True)
+    return centred / np.maximum(centred.std(axis=1, keepdims=True), 1e-12)
+
+
+def ground_truth_folder(root: Path) -> Path:
+    """The largest ground truth of a regime folder (most subsets x seeds)."""
+    folders = sorted(root.glob("groundtruth_m*_s*"), key=lambda p: np.prod([int(x[1:]) for x in p.name.split("_")[1:]]))
+    if not folders:
+        raise SystemExit(f"no ground truth under {root}: run bench/lds.py first")
+    return folders[-1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/bench_lds")
+    parser.add_argument("--regimes", nargs="+", default=["finetune", "scratch"])
+    parser.add_argument("--methods", nargs="+", default=["stride", "graddot", "ekfac", "trak", "tfidf"])
+    args = parser.parse_args()
+    print("configuration:", json.dumps(vars(args)))
+    rows = []
+    for regime in args.regimes:
+        root = Path(args.out) / regime
+        truth = ground_truth_folder(root)
+        subsets, losses = load_groundtruth(truth)
+        scores = {m: standardised(load_scores(root / "runs" / m / "scores.safetensors")) for m in args.methods}
+        for names in [(m,) for m in args.methods] + list(itertools.combinations(args.methods, 2)):
+            report = evaluate_lds(sum(scores[m] for m in names) / len(names), subsets, losses)
+            rows.append({"regime": regime, "ground_truth": truth.name, "mixture": "+".join(names),
+                         "lds": report.mean, "ci_low": report.ci_low, "ci_high": report.ci_high})  # fmt: skip
+            print(f"{regime:9} {'+'.join(names):16} {report.mean:.3f} [{report.ci_low:.3f}, {report.ci_high:.3f}]")
+    out = Path(args.out) / "mixtures.json"
+    write_json(out, {"configuration": vars(args), "rows": rows})
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
