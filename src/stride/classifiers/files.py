@@ -1,7 +1,7 @@
 """Files the command line reads for classifiers: a model factory in the user's Python file, weights, arrays.
 
-Weights are safetensors or a torch file of tensors (read with weights_only=True); data are `.npz`
-(read without pickle) or safetensors files holding `inputs` and `labels`. Nothing is unpickled.
+Weights and data are safetensors, `.npz` (read without pickle) or torch files of named tensors
+(read with weights_only=True); data files hold `inputs` and `labels`. Nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -33,6 +33,24 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
     return factory
 
 
+def _read_tensors(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """Named tensors of a .safetensors, .npz (without pickle) or torch file (weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise StrideError(f"{what} file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: torch.as_tensor(archive[name]) for name in archive.files}
+    tensors = torch.load(path, weights_only=True, map_location="cpu")
+    if not isinstance(tensors, dict):
+        raise StrideError(f"{path} must hold named tensors, found a {type(tensors).__name__}")
+    return tensors
+
+
 def build_model(factory: Callable[[], nn.Module], weights: str | Path | None) -> nn.Module:
     """A model from the factory, with its state loaded from `weights` when given (strictly)."""
     model = factory()
@@ -40,36 +58,16 @@ def build_model(factory: Callable[[], nn.Module], weights: str | Path | None) ->
         raise StrideError(f"the factory returned a {type(model).__name__}, not a torch.nn.Module")
     if weights is None:
         return model
-    path = Path(weights)
-    if not path.is_file():
-        raise StrideError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, weights_only=True, map_location="cpu")
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(_read_tensors(weights, "weights"))
     except (RuntimeError, TypeError) as exc:
-        raise StrideError(f"{path} does not fit the factory's model: {exc}") from exc
+        raise StrideError(f"{weights} does not fit the factory's model: {exc}") from exc
     return model
 
 
 def load_arrays(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """`inputs` and `labels` from a .npz or .safetensors file."""
-    path = Path(path)
-    if not path.is_file():
-        raise StrideError(f"data file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        arrays = load_file(str(path))
-    elif path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: torch.as_tensor(archive[name]) for name in archive.files}
-    else:
-        raise StrideError(f"{path}: data must be a .npz or .safetensors file with 'inputs' and 'labels'")
+    """`inputs` and `labels` from a .npz, .safetensors or torch file."""
+    arrays = _read_tensors(path, "data")
     missing = {"inputs", "labels"} - set(arrays)
     if missing:
         raise StrideError(f"{path} lacks {sorted(missing)} (found {sorted(arrays)})")
