@@ -5,7 +5,7 @@ tokenizer and data (1,000 training examples, 100 queries of the embedded fortune
 only: the weights are not trained, which changes no method's amount of work. In one process per
 size it times one forward pass over the training set (batches of 64, file order) and every
 method's stages, so the ratios share their conditions. Prints the configuration and a table;
-writes results.json.
+writes results.json after every size.
 
     python bench/cost_vs_size.py [--sizes 2x128 4x256 6x384 8x512] [--methods stride ekfac logra]
 """
@@ -83,7 +83,7 @@ def main() -> int:
         rows.append(row)
         ratios = "  ".join(f"{m} {s:7.1f} s ({s / forward:5.1f} fwd)" for m, s in row["seconds"].items())
         print(f"{size:7} {n_params / 1e6:6.2f}M params  forward {forward:6.1f} s  {ratios}", flush=True)
-    write_json(out / "results.json", {"configuration": vars(args), "threads": torch.get_num_threads(), "rows": rows})
+        write_json(out / "results.json", {"configuration": vars(args), "threads": torch.get_num_threads(), "rows": rows})
     print(f"wrote {out / 'results.json'}")
     return 0
 
