@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
@@ -122,6 +124,7 @@ class BaselineAttributor(Attributor):
         self.seed = context.seed
         self.store = context.store
         self.stage_info: dict[str, Any] = {}
+        self._scratch: tempfile.TemporaryDirectory | None = None
 
     def settings(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self.config), "seed": self.seed}
@@ -143,6 +146,16 @@ class BaselineAttributor(Attributor):
         self.stage_info[name] = {"seconds": seconds, "reused": False}
         self.timings[name] = seconds
         return tensors
+
+    def _library_folder(self, name: str) -> Path:
+        """A fresh, not yet existing folder for a library's own files: `stages/NAME` of the run
+        folder when there is one, else inside a temporary directory kept as long as this object."""
+        if self.store is not None:
+            folder = self.store.root / "stages" / name
+            shutil.rmtree(folder, ignore_errors=True)
+            return folder
+        self._scratch = tempfile.TemporaryDirectory(prefix=f"stride-{name}-")
+        return Path(self._scratch.name) / name
 
     def _quiet(self) -> contextlib.AbstractContextManager:
         """Silence a library's own progress bars (on stderr) unless progress was asked for."""

@@ -19,11 +19,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -163,15 +160,6 @@ class EkfacAttributor(BaselineAttributor):
         self.analyzer_: Any = None
         self.train_: _Examples | None = None
         self._n_scored = 0
-        self._tmp: tempfile.TemporaryDirectory | None = None
-
-    def _output_dir(self) -> Path:
-        if self.store is not None:
-            folder = self.store.root / "stages" / "kronfluence"
-            shutil.rmtree(folder, ignore_errors=True)
-            return folder
-        self._tmp = tempfile.TemporaryDirectory(prefix="stride-ekfac-")
-        return Path(self._tmp.name)
 
     def prepare(self, train: Examples) -> None:
         from kronfluence.analyzer import Analyzer, prepare_model
@@ -186,7 +174,7 @@ class EkfacAttributor(BaselineAttributor):
         with self._timed("fit_factors"), self._quiet(), _library_warnings_off():
             model = prepare_model(model, task)
             self.analyzer_ = Analyzer(analysis_name="ekfac", model=model, task=task, cpu=True,
-                                      disable_tqdm=not self.context.progress, output_dir=str(self._output_dir()),
+                                      disable_tqdm=not self.context.progress, output_dir=str(self._library_folder("kronfluence")),
                                       log_level=logging.ERROR)  # fmt: skip
             self.analyzer_.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=_Collate(self.train_)))
             torch.manual_seed(self.seed)

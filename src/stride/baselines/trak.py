@@ -29,10 +29,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import shutil
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -156,19 +153,9 @@ class TrakAttributor(BaselineAttributor):
         self.checkpoints_: list[Checkpoint] = []
         self.lambdas_: list[float] = []
         self._n_scored = 0
-        self._tmp: tempfile.TemporaryDirectory | None = None
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "lambda_used": self.lambdas_}
-
-    def _save_dir(self) -> Path:
-        """A fresh folder for traker's memory maps (inside the run folder when there is one)."""
-        if self.store is not None:
-            folder = self.store.root / "stages" / "trak"
-            shutil.rmtree(folder, ignore_errors=True)
-            return folder
-        self._tmp = tempfile.TemporaryDirectory(prefix="stride-trak-")
-        return Path(self._tmp.name) / "trak"
 
     def prepare(self, train: Examples) -> None:
         from trak import TRAKer
@@ -192,7 +179,7 @@ class TrakAttributor(BaselineAttributor):
         with self._timed("featurize"):
             self.traker_ = TRAKer(
                 model=model, task=_model_output_class()(task, config.output), train_set_size=len(train),
-                save_dir=str(self._save_dir()), load_from_save_dir=True, device="cpu", projector=projector,
+                save_dir=str(self._library_folder("trak")), load_from_save_dir=True, device="cpu", projector=projector,
                 proj_dim=config.proj_dim, use_half_precision=False, logging_level=logging.ERROR,
                 projector_seed=self.seed,
             )  # fmt: skip
