@@ -66,6 +66,9 @@ REGIMES = {
 }  # fmt: skip
 
 
+DIAGNOSTICS = ("operator-grad",)  # run only when named with --methods
+
+
 def build_models(regime: Regime, data: dict[str, Path], root: Path) -> tuple[Path, Path | None]:
     """The attributed model (and the fine-tuning base), trained once and cached."""
     base = None
@@ -156,7 +159,7 @@ def main() -> int:
         args.out += "_quick"
     args.method_settings = read_mapping_file(args.method_settings) if args.method_settings else {}
     torch.set_num_threads(args.threads)
-    methods = args.methods or available_methods()
+    methods = args.methods or [m for m in available_methods() if m not in DIAGNOSTICS]
     config = {k: v for k, v in vars(args).items()}
     print("configuration:", json.dumps(config, default=str))
     started = time.perf_counter()

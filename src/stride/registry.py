@@ -64,6 +64,7 @@ def create_attributor(name: str, context: MethodContext) -> Attributor:
 
 def _load_builtin_methods() -> None:
     import stride.method.attributor  # noqa: F401  (registers "stride")
+    import stride.evaluation.operator_gradient  # noqa: F401  (registers the "operator-grad" diagnostic)
 
     try:
         import stride.baselines  # noqa: F401  (registers the baselines)

@@ -1,0 +1,126 @@
+"""Restricted-gradient diagnostic: how much of the training signal an operator family can carry.
+
+Take one operator of a family (form, steered blocks, rank, basis) and make it infinitesimally
+small. Training it on a subset S moves it along -sum_{z in S} g(z), where g(z) = dL(z)/da at a = 0
+is the gradient of example z's loss with respect to the operator's own numbers a (logit form:
+sum over tokens of dL/do_t (B h_t)^T; residual form: dL/dh'_t (B h_t)^T through the blocks
+above). Query q's loss then changes by -eta <g(q), sum_{z in S} g(z)>. The score <g(q), g(z)> is
+thus what STRIDE with that family measures to first order, before finite steps, the subset design
+and the Lasso add their own errors. Its LDS takes seconds to compute and ranks operator families
+before any is trained; the full-parameter gradient dot product (`graddot`) is the same quantity
+without the restriction.
+
+Operators on several blocks act as one operator with a block of numbers per steered block: their
+features concatenate, so their scores add.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from stride.baselines.common import BaselineAttributor, check_choice, index_batches, parse_settings, require_prepared
+from stride.config import FORMS
+from stride.errors import StrideError
+from stride.method.operators import OperatorBank
+from stride.method.steering import Steered
+from stride.registry import MethodContext, register
+from stride.tasks import Examples
+
+
+@dataclass
+class OperatorGradientSettings:
+    """Attributes:
+        form: "logit" or "residual", as in StrideConfig.
+        layers: the steered places (decoder block indices for causal LMs); empty: the task's
+            default place, the one STRIDE steers by default.
+        rank: rank r of the basis B; 0 means no basis (B = identity, the full width of the place).
+        normalize: divide every feature vector by its norm first (cosine instead of dot product).
+        batch_size: examples per backward pass.
+    """
+
+    form: str = "logit"
+    layers: list[int | str] = field(default_factory=list)
+    rank: int = 16
+    normalize: bool = False
+    batch_size: int = 16
+
+    def validate(self) -> None:
+        check_choice(self, "form", FORMS)
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 0:
+            raise StrideError(f"rank must be 0 (no basis) or a positive integer, got {self.rank!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise StrideError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if not isinstance(self.layers, (list, tuple)):
+            raise StrideError(f"layers must be a list of steered places, got {self.layers!r}")
+
+
+def restricted_gradients(steered: Steered, data: Examples, form: str, rank: int, seed: int, batch_size: int,
+                         query: bool = False) -> torch.Tensor:  # fmt: skip
+    """Per-example gradients of the loss (`query`: the measurement) w.r.t. one zero operator of the
+    family at `steered`'s place -> [len(data), output width x rank]. The basis is drawn as STRIDE
+    draws it from `seed` (rank 0: the identity)."""
+    hidden_size, output_size = steered.sizes(data.batch([0]))
+    width = rank or hidden_size
+    features: torch.Tensor | None = None
+    for indices in index_batches(len(data), batch_size):
+        batch = data.batch(indices)
+        base = steered.base(batch)
+        bank = OperatorBank(form, len(indices), hidden_size, width, output_size, seed)
+        if rank == 0:
+            bank.basis.data = torch.eye(hidden_size)
+        bank.basis.requires_grad_(False)
+        steered.bank = bank
+        rows = torch.arange(len(indices))
+        outputs = steered.steered_logits(base, batch, rows, rows)
+        values = steered.task.measurement(outputs, batch) if query else steered.task.losses(outputs, batch)
+        (gradient,) = torch.autograd.grad(values.sum(), bank.coefficients)
+        if features is None:
+            features = torch.empty(len(data), gradient[0].numel())
+        features[indices] = gradient.reshape(len(indices), -1).float()
+    steered.bank = None
+    return features
+
+
+class OperatorGradientAttributor(BaselineAttributor):
+    """Scores <g(query), g(example)> summed over the steered places (see the module docstring)."""
+
+    name = "operator-grad"
+
+    def __init__(self, context: MethodContext, settings: OperatorGradientSettings):
+        super().__init__(context, settings)
+        places = list(settings.layers) or [None]
+        self.steered_ = [context.task.steered(context.model, place) for place in places]
+        self.train_: list[torch.Tensor] | None = None
+
+    def settings(self) -> dict[str, object]:
+        return {**super().settings(), "layers": [steered.location for steered in self.steered_]}
+
+    def _features(self, steered: Steered, data: Examples, query: bool) -> torch.Tensor:
+        config = self.config
+        features = restricted_gradients(steered, data, config.form, config.rank, self.seed, config.batch_size, query)
+        return torch.nn.functional.normalize(features, dim=1) if config.normalize else features
+
+    def prepare(self, train: Examples) -> None:
+        self.train_ = []
+        for steered in self.steered_:
+            args = {"model": self.context.model_digest, "train": train.digest, "form": self.config.form,
+                    "layer": steered.location, "rank": self.config.rank, "normalize": self.config.normalize,
+                    "seed": self.seed, **self.context.task.settings()}  # fmt: skip
+            stored = self._stage(f"train_gradients_{steered.location}", args,
+                                 lambda: {"features": self._features(steered, train, query=False)})  # fmt: skip
+            self.train_.append(stored["features"])
+
+    def score(self, queries: Examples) -> torch.Tensor:
+        train = require_prepared(self.train_)
+        with self._timed("score"):
+            scores = torch.zeros(len(queries), len(train[0]))
+            for steered, features in zip(self.steered_, train):
+                scores += self._features(steered, queries, query=True) @ features.T
+        return scores
+
+
+@register("operator-grad")
+def _create(context: MethodContext) -> OperatorGradientAttributor:
+    return OperatorGradientAttributor(context, parse_settings(OperatorGradientSettings, context.settings, "operator-grad"))
