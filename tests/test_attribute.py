@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from stride.api import attribute
 from stride.config import StrideConfig
-from stride.method.attributor import StrideAttributor
+from stride.method.attributor import DESIGN_SEED_STRIDE, StrideAttributor
 
 from conftest import N_QUERIES, N_TRAIN
 
@@ -66,3 +66,16 @@ def test_run_killed_during_operator_training_resumes_to_the_same_scores(gpt2_dir
     resumed = _run(gpt2_dir, corpus, tmp_path / "killed")
     assert resumed.info["stages"]["operators"]["resumed_from_step"] == 15
     assert torch.equal(resumed.scores, reference)
+
+
+def test_designs_average_independent_runs_and_reuse_the_first(gpt2_dir, corpus, tmp_path):
+    """designs=2 is the mean of the runs with seeds 0 and DESIGN_SEED_STRIDE; a run with one design
+    in the same folder keeps its stages."""
+    single = _run(gpt2_dir, corpus, tmp_path / "run", epochs=2)
+    second = attribute(gpt2_dir, corpus["train"], corpus["queries"], tmp_path / "other",
+                       config=StrideConfig(**{**SMALL, "epochs": 2}), seed=DESIGN_SEED_STRIDE, progress=False)  # fmt: skip
+    both = _run(gpt2_dir, corpus, tmp_path / "run", epochs=2, designs=2)
+    assert torch.allclose(both.scores, (single.scores + second.scores) / 2)
+    stages = both.info["stages"]
+    assert stages["operators"]["reused"] and not stages["operators_design1"]["reused"]
+    assert set(stages) >= {"membership_design1", "responses_design1", "recovery_design1"}

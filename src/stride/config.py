@@ -26,6 +26,8 @@ class StrideConfig:
         rank: rank r of the shared basis B.
         n_subsets: number K of random training subsets (one operator each).
         subsets_per_example: number d of subsets every training example belongs to.
+        designs: independent subset designs (each its own membership, basis and operators, from
+            its own seed); their recovered scores are averaged. Cost grows linearly with it.
         epochs: passes over the (example, subset) pairs while training the operators.
         batch_size: training examples per step (each is expanded to its d subsets).
         length_grouping: batches of the operator training are drawn from windows of
@@ -50,6 +52,7 @@ class StrideConfig:
     rank: int = 16
     n_subsets: int = 1000
     subsets_per_example: int = 20
+    designs: int = 1
     epochs: int = 3
     batch_size: int = 16
     length_grouping: int = 32
@@ -80,7 +83,7 @@ class StrideConfig:
                 f"subsets_per_example (d) must be between 1 and n_subsets (K={self.n_subsets}), "
                 f"got {self.subsets_per_example}"
             )
-        for name in ("rank", "epochs", "batch_size", "measure_rows", "checkpoint_every", "cv_queries"):
+        for name in ("rank", "designs", "epochs", "batch_size", "measure_rows", "checkpoint_every", "cv_queries"):
             if getattr(self, name) < 1:
                 raise StrideError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.length_grouping < 0:

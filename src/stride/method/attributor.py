@@ -1,5 +1,8 @@
 """STRIDE behind the Attributor interface: membership -> operators -> responses -> Lasso scores.
 
+With `designs` > 1, independent designs (membership, basis and operators drawn from their own seeds)
+each go through these stages and their recovered scores are averaged.
+
 Each stage is stored in the run folder with its arguments, so a rerun skips finished stages and a
 run killed while training operators resumes from its last checkpoint.
 """
@@ -7,6 +10,7 @@ run killed while training operators resumes from its last checkpoint.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,6 +35,20 @@ TRAINING_FIELDS = (
     "stability_weight", "stability_fraction", "linearity_weight", "linearity_sketch_dim",
     "linearity_ridge", "linearity_every",
 )  # fmt: skip
+
+
+DESIGN_SEED_STRIDE = 1_000_003  # seeds of the designs of one run: seed, seed + this, seed + 2 x this, ...
+
+
+@dataclass
+class Design:
+    """One independent subset design: its seed, stage-name suffix, membership table and trained operators."""
+
+    seed: int
+    suffix: str
+    table: np.ndarray
+    bank: OperatorBank
+    operator_args: dict[str, Any]
 
 
 class StrideAttributor(Attributor):
@@ -60,18 +78,21 @@ class StrideAttributor(Attributor):
         self.task = task or CausalLMTask()
         self.steered_ = self.task.steered(model, self.config.layer)  # its bank is set by prepare()
         self.layer = self.steered_.location
-        self.table_: np.ndarray | None = None
-        self.lambda_: float | None = None
-        self._operator_args: dict[str, Any] = {}
+        self.designs_: list[Design] = []
+        self.lambdas_: list[float] = []
         self.stage_info: dict[str, Any] = {}
 
     def settings(self) -> dict[str, Any]:
         return {**self.config.to_dict(), **self.steered_.settings(), **self.task.settings(), "seed": self.seed}
 
-    def _new_bank(self, train: Examples) -> OperatorBank:
+    def _new_bank(self, train: Examples, seed: int) -> OperatorBank:
         config = self.config
         hidden_size, output_size = self.steered_.sizes(train.batch([0]))
-        return OperatorBank(config.form, config.n_subsets, hidden_size, config.rank, output_size, self.seed)
+        return OperatorBank(config.form, config.n_subsets, hidden_size, config.rank, output_size, seed)
+
+    def design_seed(self, design: int) -> int:
+        """The seed of independent design `design` (design 0 uses the run's seed itself)."""
+        return self.seed + DESIGN_SEED_STRIDE * design
 
     def _stage(self, name: str, args: dict[str, Any], compute) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Load a finished stage or compute and save it; records its seconds either way."""
@@ -90,31 +111,36 @@ class StrideAttributor(Attributor):
         return tensors, info
 
     def prepare(self, train: Examples) -> None:
-        """Draw the membership design and train (or load) the operators on `train`."""
-        config = self.config
-        config.validate(len(train))
-        membership_args = {"n": len(train), "K": config.n_subsets, "d": config.subsets_per_example, "seed": self.seed}
+        """Draw each design's membership and train (or load) its operators on `train`."""
+        self.config.validate(len(train))
+        self.designs_ = [self._prepare_design(train, design) for design in range(self.config.designs)]
+        self.steered_.bank = self.designs_[0].bank
+
+    def _prepare_design(self, train: Examples, design: int) -> Design:
+        config, seed = self.config, self.design_seed(design)
+        suffix = f"_design{design}" if design else ""
+        membership_args = {"n": len(train), "K": config.n_subsets, "d": config.subsets_per_example, "seed": seed}
 
         def draw() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-            table = example_subsets(len(train), config.n_subsets, config.subsets_per_example, self.seed)
+            table = example_subsets(len(train), config.n_subsets, config.subsets_per_example, seed)
             sizes = subset_sizes(table, config.n_subsets)
             return {"example_subsets": torch.as_tensor(table)}, {"min_size": int(sizes.min()), "max_size": int(sizes.max())}
 
-        tensors, _ = self._stage("membership", membership_args, draw)
-        self.table_ = tensors["example_subsets"].numpy()
-        self._operator_args = {
+        tensors, _ = self._stage("membership" + suffix, membership_args, draw)
+        table = tensors["example_subsets"].numpy()
+        operator_args = {
             **membership_args, "layer": self.layer, "model": self.model_digest, "train": train.digest,
             **{name: getattr(config, name) for name in TRAINING_FIELDS}, **self.task.settings(),
         }  # fmt: skip
-        bank = self._new_bank(train)
+        bank = self._new_bank(train, seed)
         self.steered_.bank = bank
 
         def fit() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-            torch.manual_seed(self.seed)
-            trainer = OperatorTrainer(self.steered_, train, self.table_, config, self.seed)
+            torch.manual_seed(seed)
+            trainer = OperatorTrainer(self.steered_, train, table, config, seed)
             checkpoint = None
             if self.store is not None:
-                checkpoint = self.store.checkpoint_path("operators", self._operator_args)
+                checkpoint = self.store.checkpoint_path("operators" + suffix, operator_args)
             with deterministic_algorithms():
                 log = trainer.train(checkpoint=checkpoint, progress=self.progress, on_step=self._on_step)
             return dict(bank.state_dict()), {
@@ -123,48 +149,62 @@ class StrideAttributor(Attributor):
                 "epoch_linearity": log.epoch_linearity, "parameters_per_operator": bank.operator_parameters(),
             }  # fmt: skip
 
-        tensors, _ = self._stage("operators", self._operator_args, fit)
+        tensors, _ = self._stage("operators" + suffix, operator_args, fit)
         bank.load_state_dict(tensors)
+        return Design(seed, suffix, table, bank, operator_args)
 
     _on_step = None  # tests and callers may set a callable(step) to observe (or interrupt) training
 
-    def responses(self, queries: Examples) -> tuple[torch.Tensor, torch.Tensor]:
-        """Measurement drops [n_queries, K] under each operator and the base measurements [n_queries]."""
-        if self.steered_.bank is None:
+    def _prepared(self) -> list[Design]:
+        if not self.designs_:
             raise RuntimeError("call prepare() before scoring")
-        args = {**self._operator_args, "queries": queries.digest}
+        return self.designs_
+
+    def _design_responses(self, design: Design, queries: Examples) -> tuple[torch.Tensor, torch.Tensor]:
+        args = {**design.operator_args, "queries": queries.digest}
 
         def measure() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+            self.steered_.bank = design.bank
             responses, base = query_responses(self.steered_, queries, self.config.measure_rows, self.progress)
             if not torch.isfinite(responses).all() or not torch.isfinite(base).all():
                 raise StrideError("non-finite (NaN/inf) query losses: check the model and the queries")
             return {"responses": responses, "base_losses": base}, {"n_queries": len(queries)}
 
-        tensors, _ = self._stage("responses", args, measure)
+        tensors, _ = self._stage("responses" + design.suffix, args, measure)
         return tensors["responses"], tensors["base_losses"]
 
-    def score(self, queries: Examples) -> torch.Tensor:
-        """Lasso-recovered influence of every training example on every query."""
-        responses, _ = self.responses(queries)
+    def responses(self, queries: Examples) -> tuple[torch.Tensor, torch.Tensor]:
+        """Measurement drops [n_queries, designs x K] under each operator (design by design) and the
+        base measurements [n_queries]."""
+        measured = [self._design_responses(design, queries) for design in self._prepared()]
+        return torch.cat([responses for responses, _ in measured], dim=1), measured[0][1]
+
+    def _design_scores(self, design: Design, queries: Examples) -> tuple[torch.Tensor, float]:
+        responses, _ = self._design_responses(design, queries)
         config = self.config
-        args = {**self._operator_args, "queries": queries.digest, "lambda_rule": config.lambda_rule}
+        args = {**design.operator_args, "queries": queries.digest, "lambda_rule": config.lambda_rule}
         if config.lambda_rule == "fixed":
             args["lasso_lambda"] = config.lasso_lambda
         else:
             args["cv_queries"] = config.cv_queries
 
         def recover() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-            membership = membership_matrix(self.table_, config.n_subsets)
+            membership = membership_matrix(design.table, config.n_subsets)
             standardized, scales = standardize(responses.double().numpy())
             penalty = config.lasso_lambda
             if config.lambda_rule == "cv":
-                penalty = cross_validated_lambda(membership, standardized, config.cv_queries, self.seed)
+                penalty = cross_validated_lambda(membership, standardized, config.cv_queries, design.seed)
             scores = lasso_scores(membership, standardized, scales, penalty)
             return {"scores": torch.as_tensor(scores)}, {"lambda": penalty, "nonzero_fraction": float((scores != 0).mean())}
 
-        tensors, info = self._stage("recovery", args, recover)
-        self.lambda_ = info["lambda"]
-        return tensors["scores"]
+        tensors, info = self._stage("recovery" + design.suffix, args, recover)
+        return tensors["scores"], info["lambda"]
+
+    def score(self, queries: Examples) -> torch.Tensor:
+        """Lasso-recovered influence of every training example on every query, averaged over the designs."""
+        recovered = [self._design_scores(design, queries) for design in self._prepared()]
+        self.lambdas_ = [penalty for _, penalty in recovered]
+        return torch.stack([scores for scores, _ in recovered]).mean(0)
 
 
 @register("stride")
