@@ -69,11 +69,13 @@ def test_run_killed_during_operator_training_resumes_to_the_same_scores(gpt2_dir
 
 
 def test_designs_average_independent_runs_and_reuse_the_first(gpt2_dir, corpus, tmp_path):
-    """designs=2 is the mean of the runs with seeds 0 and DESIGN_SEED_STRIDE; a run with one design
-    in the same folder keeps its stages."""
+    """designs=2 is the mean of the runs with seeds 0 and DESIGN_SEED_STRIDE (at the penalty chosen
+    on the first); a run with one design in the same folder keeps its stages."""
     single = _run(gpt2_dir, corpus, tmp_path / "run", epochs=2)
-    second = attribute(gpt2_dir, corpus["train"], corpus["queries"], tmp_path / "other",
-                       config=StrideConfig(**{**SMALL, "epochs": 2}), seed=DESIGN_SEED_STRIDE, progress=False)  # fmt: skip
+    penalty = single.info["stages"]["recovery"]["lambda"]
+    config = StrideConfig(**{**SMALL, "epochs": 2, "lambda_rule": "fixed", "lasso_lambda": penalty})
+    second = attribute(gpt2_dir, corpus["train"], corpus["queries"], tmp_path / "other", config=config,
+                       seed=DESIGN_SEED_STRIDE, progress=False)  # fmt: skip
     both = _run(gpt2_dir, corpus, tmp_path / "run", epochs=2, designs=2)
     assert torch.allclose(both.scores, (single.scores + second.scores) / 2)
     stages = both.info["stages"]

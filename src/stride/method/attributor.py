@@ -23,7 +23,7 @@ from stride.errors import StrideError
 from stride.method.measure import query_responses
 from stride.method.membership import example_subsets, membership_matrix, subset_sizes
 from stride.method.operators import OperatorBank
-from stride.method.recover import cross_validated_lambda, lasso_scores, standardize
+from stride.method.recover import CV_LAMBDAS, CV_SPAN, cross_validated_lambda, lasso_scores, standardize
 from stride.method.train import OperatorTrainer
 from stride.registry import MethodContext, register
 from stride.reproducibility import deterministic_algorithms
@@ -79,7 +79,7 @@ class StrideAttributor(Attributor):
         self.steered_ = self.task.steered(model, self.config.layer)  # its bank is set by prepare()
         self.layer = self.steered_.location
         self.designs_: list[Design] = []
-        self.lambdas_: list[float] = []
+        self.lambda_: float | None = None
         self.stage_info: dict[str, Any] = {}
 
     def settings(self) -> dict[str, Any]:
@@ -179,32 +179,40 @@ class StrideAttributor(Attributor):
         measured = [self._design_responses(design, queries) for design in self._prepared()]
         return torch.cat([responses for responses, _ in measured], dim=1), measured[0][1]
 
-    def _design_scores(self, design: Design, queries: Examples) -> tuple[torch.Tensor, float]:
+    def _design_scores(self, design: Design, queries: Examples, penalty: float | None) -> tuple[torch.Tensor, float]:
+        """One design's Lasso scores; `penalty` None: chosen by the lambda rule, else reused."""
         responses, _ = self._design_responses(design, queries)
         config = self.config
         args = {**design.operator_args, "queries": queries.digest, "lambda_rule": config.lambda_rule}
         if config.lambda_rule == "fixed":
-            args["lasso_lambda"] = config.lasso_lambda
+            penalty = config.lasso_lambda
+        if penalty is not None:
+            args["lasso_lambda"] = penalty
         else:
-            args["cv_queries"] = config.cv_queries
+            args.update(cv_queries=config.cv_queries, cv_lambdas=CV_LAMBDAS, cv_span=CV_SPAN)
 
         def recover() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             membership = membership_matrix(design.table, config.n_subsets)
             standardized, scales = standardize(responses.double().numpy())
-            penalty = config.lasso_lambda
-            if config.lambda_rule == "cv":
-                penalty = cross_validated_lambda(membership, standardized, config.cv_queries, design.seed)
-            scores = lasso_scores(membership, standardized, scales, penalty)
-            return {"scores": torch.as_tensor(scores)}, {"lambda": penalty, "nonzero_fraction": float((scores != 0).mean())}
+            chosen = penalty
+            if chosen is None:
+                chosen = cross_validated_lambda(membership, standardized, config.cv_queries, design.seed)
+            scores = lasso_scores(membership, standardized, scales, chosen)
+            return {"scores": torch.as_tensor(scores)}, {"lambda": chosen, "nonzero_fraction": float((scores != 0).mean())}
 
         tensors, info = self._stage("recovery" + design.suffix, args, recover)
         return tensors["scores"], info["lambda"]
 
     def score(self, queries: Examples) -> torch.Tensor:
-        """Lasso-recovered influence of every training example on every query, averaged over the designs."""
-        recovered = [self._design_scores(design, queries) for design in self._prepared()]
-        self.lambdas_ = [penalty for _, penalty in recovered]
-        return torch.stack([scores for scores, _ in recovered]).mean(0)
+        """Lasso-recovered influence of every training example on every query, averaged over the
+        designs (the penalty chosen on the first design serves them all)."""
+        penalty = None
+        total = torch.zeros(len(queries), len(self._prepared()[0].table))
+        for design in self._prepared():
+            scores, penalty = self._design_scores(design, queries, penalty)
+            total += scores
+        self.lambda_ = penalty
+        return total / len(self.designs_)
 
 
 @register("stride")
