@@ -76,8 +76,14 @@ def test_designs_average_independent_runs_and_reuse_the_first(gpt2_dir, corpus, 
     config = StrideConfig(**{**SMALL, "epochs": 2, "lambda_rule": "fixed", "lasso_lambda": penalty})
     second = attribute(gpt2_dir, corpus["train"], corpus["queries"], tmp_path / "other", config=config,
                        seed=DESIGN_SEED_STRIDE, progress=False)  # fmt: skip
-    both = _run(gpt2_dir, corpus, tmp_path / "run", epochs=2, designs=2)
+    both = _run(gpt2_dir, corpus, tmp_path / "run", epochs=2, designs=2, first_order_weight=0)
     assert torch.allclose(both.scores, (single.scores + second.scores) / 2)
     stages = both.info["stages"]
     assert stages["operators"]["reused"] and not stages["operators_design1"]["reused"]
     assert set(stages) >= {"membership_design1", "responses_design1", "recovery_design1"}
+    hybrid = _run(gpt2_dir, corpus, tmp_path / "run", epochs=2, designs=2)  # first_order_weight "auto"
+    chosen = hybrid.info["stages"]["hybrid"]
+    assert chosen["first_order_weight"] in chosen["criteria"] and len(chosen["criteria"]) > 1
+    assert hybrid.info["stages"]["recovery_design1"]["reused"]
+    for query, duplicate in ((0, 3), (1, 40)):
+        assert int(hybrid.scores[query].argmax()) == duplicate

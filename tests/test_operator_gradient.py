@@ -7,7 +7,7 @@ import torch
 from stride.api import attribute
 from stride.data import load_data
 from stride.errors import StrideError
-from stride.evaluation.operator_gradient import restricted_gradients
+from stride.method.first_order import restricted_gradients
 from stride.method.operators import OperatorBank
 from stride.models import load_causal_lm
 from stride.tasks import CausalLMTask

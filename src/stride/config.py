@@ -30,6 +30,10 @@ class StrideConfig:
             its own seed); their recovered scores are averaged. Cost grows linearly with it.
         epochs: passes over the (example, subset) pairs while training the operators.
         batch_size: training examples per step (each is expanded to its d subsets).
+        first_order_weight: weight w of the first-order scores of the logit family (restricted
+            gradients at full width, count-sketched) mixed into the designs' Lasso scores:
+            a number in [0, 1], or "auto" (cross-fitted over designs; 0 with a single design).
+        first_order_dim: dimension of the count sketch of the first-order features.
         length_grouping: batches of the operator training are drawn from windows of
             `length_grouping` batches sorted by length (less padding; 0: purely random batches).
         learning_rate: Adam learning rate for the basis and the operators.
@@ -53,6 +57,8 @@ class StrideConfig:
     n_subsets: int = 1000
     subsets_per_example: int = 20
     designs: int = 1
+    first_order_weight: float | str = "auto"
+    first_order_dim: int = 4096
     epochs: int = 3
     batch_size: int = 16
     length_grouping: int = 32
@@ -83,9 +89,12 @@ class StrideConfig:
                 f"subsets_per_example (d) must be between 1 and n_subsets (K={self.n_subsets}), "
                 f"got {self.subsets_per_example}"
             )
-        for name in ("rank", "designs", "epochs", "batch_size", "measure_rows", "checkpoint_every", "cv_queries"):
+        for name in ("rank", "designs", "first_order_dim", "epochs", "batch_size", "measure_rows", "checkpoint_every", "cv_queries"):
             if getattr(self, name) < 1:
                 raise StrideError(f"{name} must be at least 1, got {getattr(self, name)}")
+        weight = self.first_order_weight
+        if weight != "auto" and (isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1):
+            raise StrideError(f"first_order_weight must be 'auto' or a number in [0, 1], got {weight!r}")
         if self.length_grouping < 0:
             raise StrideError(f"length_grouping must be 0 or more, got {self.length_grouping}")
         if not 0.0 <= self.stability_fraction <= 1.0:

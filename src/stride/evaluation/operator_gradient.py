@@ -1,14 +1,9 @@
 """Restricted-gradient diagnostic: how much of the training signal an operator family can carry.
 
-Take one operator of a family (form, steered blocks, rank, basis) and make it infinitesimally
-small. Training it on a subset S moves it along -sum_{z in S} g(z), where g(z) = dL(z)/da at a = 0
-is the gradient of example z's loss with respect to the operator's own numbers a (logit form:
-sum over tokens of dL/do_t (B h_t)^T; residual form: dL/dh'_t (B h_t)^T through the blocks
-above). Query q's loss then changes by -eta <g(q), sum_{z in S} g(z)>. The score <g(q), g(z)> is
-thus what STRIDE with that family measures to first order, before finite steps, the subset design
-and the Lasso add their own errors. Its LDS takes seconds to compute and ranks operator families
-before any is trained; the full-parameter gradient dot product (`graddot`) is the same quantity
-without the restriction.
+Scores <g(q), g(z)>, the gradients of query and example losses w.r.t. one infinitesimal operator
+of the family (`stride.method.first_order`): what STRIDE with that family measures to first order.
+Its LDS takes seconds to compute and ranks operator families before any is trained; the
+full-parameter gradient dot product (`graddot`) is the same quantity without the restriction.
 
 Operators on several blocks act as one operator with a block of numbers per steered block: their
 features concatenate, so their scores add.
@@ -20,10 +15,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from stride.baselines.common import BaselineAttributor, check_choice, index_batches, parse_settings, require_prepared
+from stride.baselines.common import BaselineAttributor, check_choice, parse_settings, require_prepared
 from stride.config import FORMS
 from stride.errors import StrideError
-from stride.method.operators import OperatorBank
+from stride.method.first_order import restricted_gradients
 from stride.method.steering import Steered
 from stride.registry import MethodContext, register
 from stride.tasks import Examples
@@ -54,33 +49,6 @@ class OperatorGradientSettings:
             raise StrideError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if not isinstance(self.layers, (list, tuple)):
             raise StrideError(f"layers must be a list of steered places, got {self.layers!r}")
-
-
-def restricted_gradients(steered: Steered, data: Examples, form: str, rank: int, seed: int, batch_size: int,
-                         query: bool = False) -> torch.Tensor:  # fmt: skip
-    """Per-example gradients of the loss (`query`: the measurement) w.r.t. one zero operator of the
-    family at `steered`'s place -> [len(data), output width x rank]. The basis is drawn as STRIDE
-    draws it from `seed` (rank 0: the identity)."""
-    hidden_size, output_size = steered.sizes(data.batch([0]))
-    width = rank or hidden_size
-    features: torch.Tensor | None = None
-    for indices in index_batches(len(data), batch_size):
-        batch = data.batch(indices)
-        base = steered.base(batch)
-        bank = OperatorBank(form, len(indices), hidden_size, width, output_size, seed)
-        if rank == 0:
-            bank.basis.data = torch.eye(hidden_size)
-        bank.basis.requires_grad_(False)
-        steered.bank = bank
-        rows = torch.arange(len(indices))
-        outputs = steered.steered_logits(base, batch, rows, rows)
-        values = steered.task.measurement(outputs, batch) if query else steered.task.losses(outputs, batch)
-        (gradient,) = torch.autograd.grad(values.sum(), bank.coefficients)
-        if features is None:
-            features = torch.empty(len(data), gradient[0].numel())
-        features[indices] = gradient.reshape(len(indices), -1).float()
-    steered.bank = None
-    return features
 
 
 class OperatorGradientAttributor(BaselineAttributor):

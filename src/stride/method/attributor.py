@@ -22,7 +22,9 @@ from stride.config import StrideConfig
 from stride.errors import StrideError
 from stride.method.measure import query_responses
 from stride.method.membership import example_subsets, membership_matrix, subset_sizes
-from stride.method.operators import OperatorBank
+from stride.method.first_order import restricted_gradients
+from stride.method.hybrid import cross_fitted_weight, mix
+from stride.method.operators import LOGIT, OperatorBank
 from stride.method.recover import CV_LAMBDAS, CV_SPAN, cross_validated_lambda, lasso_scores, standardize
 from stride.method.train import OperatorTrainer
 from stride.registry import MethodContext, register
@@ -37,6 +39,7 @@ TRAINING_FIELDS = (
 )  # fmt: skip
 
 
+FIRST_ORDER_RANK = 64  # basis rank of the first-order features (restricted-gradient LDS: 0.43 vs 0.44 at full width)
 DESIGN_SEED_STRIDE = 1_000_003  # seeds of the designs of one run: seed, seed + this, seed + 2 x this, ...
 
 
@@ -80,6 +83,7 @@ class StrideAttributor(Attributor):
         self.layer = self.steered_.location
         self.designs_: list[Design] = []
         self.lambda_: float | None = None
+        self.first_order_train_: torch.Tensor | None = None
         self.stage_info: dict[str, Any] = {}
 
     def settings(self) -> dict[str, Any]:
@@ -115,6 +119,10 @@ class StrideAttributor(Attributor):
         self.config.validate(len(train))
         self.designs_ = [self._prepare_design(train, design) for design in range(self.config.designs)]
         self.steered_.bank = self.designs_[0].bank
+        if self._first_order_weight() != 0.0:
+            stored, _ = self._stage("first_order_train", {**self._first_order_args(), "train": train.digest},
+                                    lambda: self._first_order_features(train, query=False))  # fmt: skip
+            self.first_order_train_ = stored["features"]
 
     def _prepare_design(self, train: Examples, design: int) -> Design:
         config, seed = self.config, self.design_seed(design)
@@ -203,16 +211,51 @@ class StrideAttributor(Attributor):
         tensors, info = self._stage("recovery" + design.suffix, args, recover)
         return tensors["scores"], info["lambda"]
 
+    def _first_order_weight(self) -> float | None:
+        """The configured mixing weight; None: to be cross-fitted ("auto" with several designs)."""
+        weight = self.config.first_order_weight
+        if weight == "auto":
+            return None if self.config.designs > 1 else 0.0
+        return float(weight)
+
+    def _first_order_features(self, data: Examples, query: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        features = restricted_gradients(self.steered_, data, LOGIT, FIRST_ORDER_RANK, self.seed, self.config.batch_size,
+                                        query=query, proj_dim=self.config.first_order_dim)  # fmt: skip
+        self.steered_.bank = self.designs_[0].bank
+        return {"features": features}, {}
+
+    def _first_order_args(self) -> dict[str, Any]:
+        return {"model": self.model_digest, "layer": self.layer, "rank": FIRST_ORDER_RANK, "seed": self.seed,
+                "dim": self.config.first_order_dim, **self.task.settings()}  # fmt: skip
+
+    def _first_order_scores(self, queries: Examples) -> np.ndarray:
+        """<g(query), g(example)> of the logit family (training-side features made in prepare)."""
+        stored, _ = self._stage("first_order_queries", {**self._first_order_args(), "queries": queries.digest},
+                                lambda: self._first_order_features(queries, query=True))  # fmt: skip
+        return (stored["features"] @ self.first_order_train_.T).double().numpy()
+
     def score(self, queries: Examples) -> torch.Tensor:
         """Lasso-recovered influence of every training example on every query, averaged over the
-        designs (the penalty chosen on the first design serves them all)."""
+        designs (the penalty chosen on the first design serves them all), then mixed with the
+        first-order scores when `first_order_weight` asks for it (`stride.method.hybrid`)."""
         penalty = None
-        total = torch.zeros(len(queries), len(self._prepared()[0].table))
+        recovered = []
         for design in self._prepared():
             scores, penalty = self._design_scores(design, queries, penalty)
-            total += scores
+            recovered.append(scores.double().numpy())
         self.lambda_ = penalty
-        return total / len(self.designs_)
+        lasso = np.mean(recovered, axis=0)
+        weight = self._first_order_weight()
+        if weight == 0.0:
+            return torch.as_tensor(lasso, dtype=torch.float32)
+        first_order = self._first_order_scores(queries)
+        criteria = {}
+        if weight is None:
+            responses = [self._design_responses(design, queries)[0].double().numpy() for design in self.designs_]
+            memberships = [membership_matrix(design.table, self.config.n_subsets) for design in self.designs_]
+            weight, criteria = cross_fitted_weight(recovered, responses, memberships, first_order)
+        self.stage_info["hybrid"] = {"first_order_weight": weight, "criteria": criteria}
+        return torch.as_tensor(mix(lasso, first_order, weight), dtype=torch.float32)
 
 
 @register("stride")
