@@ -12,7 +12,7 @@ from stride.method.attributor import DESIGN_SEED_STRIDE, StrideAttributor
 
 from conftest import N_QUERIES, N_TRAIN
 
-SMALL = dict(n_subsets=48, subsets_per_example=6, rank=8, epochs=4, batch_size=16, learning_rate=3e-2,
+SMALL = dict(n_subsets=48, subsets_per_example=6, rank=8, epochs=4, batch_size=16, learning_rate=3e-2, designs=1,
              cv_queries=4, checkpoint_every=5)  # fmt: skip
 
 

@@ -31,7 +31,7 @@ class StrideConfig:
         epochs: passes over the (example, subset) pairs while training the operators.
         batch_size: training examples per step (each is expanded to its d subsets).
         first_order_weight: weight w of the first-order scores of the logit family (restricted
-            gradients at full width, count-sketched) mixed into the designs' Lasso scores:
+            gradients with a rank-64 basis, count-sketched) mixed into the designs' Lasso scores:
             a number in [0, 1], or "auto" (cross-fitted over designs; 0 with a single design).
         first_order_dim: dimension of the count sketch of the first-order features.
         length_grouping: batches of the operator training are drawn from windows of
@@ -56,7 +56,7 @@ class StrideConfig:
     rank: int = 16
     n_subsets: int = 1000
     subsets_per_example: int = 20
-    designs: int = 1
+    designs: int = 2
     first_order_weight: float | str = "auto"
     first_order_dim: int = 4096
     epochs: int = 3
@@ -89,7 +89,9 @@ class StrideConfig:
                 f"subsets_per_example (d) must be between 1 and n_subsets (K={self.n_subsets}), "
                 f"got {self.subsets_per_example}"
             )
-        for name in ("rank", "designs", "first_order_dim", "epochs", "batch_size", "measure_rows", "checkpoint_every", "cv_queries"):
+        positive = ("rank", "designs", "first_order_dim", "epochs", "batch_size", "measure_rows", "checkpoint_every",
+                    "cv_queries")  # fmt: skip
+        for name in positive:
             if getattr(self, name) < 1:
                 raise StrideError(f"{name} must be at least 1, got {getattr(self, name)}")
         weight = self.first_order_weight

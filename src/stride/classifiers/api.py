@@ -23,7 +23,7 @@ METHODS = ("stride", "trak", "ekfac", "graddot", "gradcos", "repsim")
 ENSEMBLE_METHODS = ("trak", "graddot", "gradcos")
 SUBSETS_PER_TRAINING_EXAMPLE = 5
 CLASSIFIER_SETTINGS = dict(subsets_per_example=40, rank=16, epochs=80, batch_size=64, learning_rate=3e-3,
-                           stability_weight=10.0, stability_fraction=1.0, measure_rows=8192)  # fmt: skip
+                           stability_weight=10.0, stability_fraction=1.0, measure_rows=8192, designs=1)  # fmt: skip
 
 
 def classifier_config(n_train: int, **overrides: Any) -> StrideConfig:
