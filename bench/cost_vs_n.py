@@ -8,7 +8,7 @@ timing only, untrained weights change no method's amount of work. Each n is time
 process, next to one forward pass over that training set. Prints the configuration and a table;
 writes results.json after every size.
 
-    python bench/cost_vs_n.py [--sizes 1000 4000 16000] [--methods stride]
+    python bench/cost_vs_n.py [--sizes 1000 4000 16000] [--methods stride] [--designs 1]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from stride.api import attribute  # noqa: E402
+from stride.config import StrideConfig  # noqa: E402
 from stride.corpus import DEMO_MIX, read_fortunes  # noqa: E402
 from stride.data import load_data, write_jsonl  # noqa: E402
 from stride.lm_training import LMRecipe, example_losses, new_causal_lm, train_tokenizer  # noqa: E402
@@ -74,6 +75,8 @@ def main() -> int:
     parser.add_argument("--out", default="runs/bench_cost_n")
     parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 4000, 16000])
     parser.add_argument("--methods", nargs="+", default=["stride"])
+    parser.add_argument("--designs", type=int, default=1,
+                        help="STRIDE designs (each adds the same cost again; default 1: the cost of one design)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -90,7 +93,8 @@ def main() -> int:
         row = {"n_train": n, "forward_seconds": forward_seconds(model_dir, train), "seconds": {}, "stages": {}}
         for method in args.methods:
             result = attribute(model_dir, train, queries, out / "runs" / str(n) / method, method=method,
-                               threads=args.threads, overwrite=True, progress=False)  # fmt: skip
+                               config=StrideConfig(designs=args.designs), threads=args.threads, overwrite=True,
+                               progress=False)  # fmt: skip
             timings = {k: v for k, v in result.info["timings_seconds"].items() if k != "total"}
             row["seconds"][method] = sum(timings.values())
             row["stages"][method] = timings
