@@ -8,6 +8,8 @@ from safetensors.torch import load_file
 
 from stride.api import attribute
 from stride.config import StrideConfig
+from stride.data import write_jsonl
+from stride.errors import StrideError
 from stride.method.attributor import DESIGN_SEED_STRIDE, StrideAttributor
 
 from conftest import N_QUERIES, N_TRAIN
@@ -87,3 +89,24 @@ def test_designs_average_independent_runs_and_reuse_the_first(gpt2_dir, corpus, 
     assert hybrid.info["stages"]["recovery_design1"]["reused"]
     for query, duplicate in ((0, 3), (1, 40)):
         assert int(hybrid.scores[query].argmax()) == duplicate
+
+
+def test_new_queries_reuse_the_operators_of_an_earlier_run(gpt2_dir, corpus, tmp_path):
+    """--reuse-from copies the query-independent stages: same scores as a run from nothing, and
+    only the query stages are computed."""
+    config = StrideConfig(**{**SMALL, "epochs": 2, "designs": 2})
+    new_queries = write_jsonl([{"text": line} for line in ("Anything that can go wrong will.", "Nothing is easy.")],
+                              tmp_path / "new_queries.jsonl")  # fmt: skip
+    attribute(gpt2_dir, corpus["train"], corpus["queries"], tmp_path / "first", config=config, progress=False)
+    fresh = attribute(gpt2_dir, corpus["train"], new_queries, tmp_path / "fresh", config=config, progress=False)
+    reused = attribute(gpt2_dir, corpus["train"], new_queries, tmp_path / "reused", config=config, progress=False,
+                       reuse_from=tmp_path / "first")  # fmt: skip
+    assert torch.equal(fresh.scores, reused.scores)
+    stages = reused.info["stages"]
+    for name in ("membership", "operators", "operators_design1", "first_order_train"):
+        assert stages[name]["reused"], name
+    for name in ("responses", "responses_design1", "recovery", "first_order_queries"):
+        assert not stages[name]["reused"], name
+    with pytest.raises(StrideError, match="no run folder to reuse"):
+        attribute(gpt2_dir, corpus["train"], new_queries, tmp_path / "other", config=config, progress=False,
+                  reuse_from=tmp_path / "missing")  # fmt: skip

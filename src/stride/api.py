@@ -66,13 +66,17 @@ def attribute(
     progress: bool = True,
     trust_remote_code: bool = False,
     method_settings: dict[str, Any] | None = None,
+    reuse_from: str | Path | None = None,
 ) -> AttributionResult:
     """Score every training example for every query and write the run folder.
 
     Writes `scores.safetensors` (tensor `scores`, float32 [n_queries, n_train]), `info.json`
     (settings, versions, sizes, timings) and `top.jsonl` (per query its 10 most and 10 least
     influential training examples). Finished stages in `out_dir` are reused. `config` holds
-    STRIDE's settings, `method_settings` those of another `method`.
+    STRIDE's settings, `method_settings` those of another `method`. `reuse_from`: a run folder of
+    the same model, training set and settings whose query-independent stages (STRIDE's trained
+    operators, a baseline's training-side features) are copied in first, so new queries cost
+    only their own stages.
     """
     started = time.perf_counter()
     config = config or StrideConfig()
@@ -87,6 +91,8 @@ def attribute(
     queries = load_data(queries_path, tokenizer, max_length, name="queries")
     config.validate(len(train))
     store = RunStore(out_dir, overwrite=overwrite)
+    if reuse_from is not None:
+        store.adopt_training_stages(reuse_from)
     context = MethodContext(model, tokenizer, seed, store, file_digest(model_dir), progress, config,
                             dict(method_settings or {}))  # fmt: skip
     attributor = create_attributor(method, context)

@@ -32,7 +32,7 @@ def _attribute(args: argparse.Namespace) -> None:
     result = attribute(
         args.model, args.train, args.queries, args.out, method=args.method, config=config, seed=args.seed,
         threads=args.threads, overwrite=args.overwrite, progress=not args.quiet,
-        trust_remote_code=args.trust_remote_code, method_settings=method_settings,
+        trust_remote_code=args.trust_remote_code, method_settings=method_settings, reuse_from=args.reuse_from,
     )  # fmt: skip
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in result.info["timings_seconds"].items())
     print(f"wrote {result.out_dir}/scores.safetensors [{result.scores.shape[0]} x {result.scores.shape[1]}] ({timings})")
@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--config", help="JSON/YAML file of method settings")
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--overwrite", action="store_true", help="replace a run with other settings in --out")
+    sub.add_argument("--reuse-from", help="run folder (same model, training set, settings) whose trained operators / "
+                     "training-side features new queries reuse")
     sub.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code")
 
     sub = command("attribute-classifier", _attribute_classifier,
