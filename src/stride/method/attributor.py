@@ -187,8 +187,10 @@ class StrideAttributor(Attributor):
         measured = [self._design_responses(design, queries) for design in self._prepared()]
         return torch.cat([responses for responses, _ in measured], dim=1), measured[0][1]
 
-    def _design_scores(self, design: Design, queries: Examples, penalty: float | None) -> tuple[torch.Tensor, float]:
-        """One design's Lasso scores; `penalty` None: chosen by the lambda rule, else reused."""
+    def _design_scores(self, design: Design, queries: Examples,
+                       penalty: float | None) -> tuple[torch.Tensor, float, torch.Tensor]:  # fmt: skip
+        """One design's Lasso scores, its penalty (None: chosen by the lambda rule, else reused) and
+        the responses they were recovered from."""
         responses, _ = self._design_responses(design, queries)
         config = self.config
         args = {**design.operator_args, "queries": queries.digest, "lambda_rule": config.lambda_rule}
@@ -209,7 +211,7 @@ class StrideAttributor(Attributor):
             return {"scores": torch.as_tensor(scores)}, {"lambda": chosen, "nonzero_fraction": float((scores != 0).mean())}
 
         tensors, info = self._stage("recovery" + design.suffix, args, recover)
-        return tensors["scores"], info["lambda"]
+        return tensors["scores"], info["lambda"], responses
 
     def _first_order_weight(self) -> float | None:
         """The configured mixing weight; None: to be cross-fitted ("auto" with several designs)."""
@@ -239,10 +241,11 @@ class StrideAttributor(Attributor):
         designs (the penalty chosen on the first design serves them all), then mixed with the
         first-order scores when `first_order_weight` asks for it (`stride.method.hybrid`)."""
         penalty = None
-        recovered = []
+        recovered, responses = [], []
         for design in self._prepared():
-            scores, penalty = self._design_scores(design, queries, penalty)
+            scores, penalty, measured = self._design_scores(design, queries, penalty)
             recovered.append(scores.double().numpy())
+            responses.append(measured.double().numpy())
         self.lambda_ = penalty
         lasso = np.mean(recovered, axis=0)
         weight = self._first_order_weight()
@@ -251,7 +254,6 @@ class StrideAttributor(Attributor):
         first_order = self._first_order_scores(queries)
         criteria = {}
         if weight is None:
-            responses = [self._design_responses(design, queries)[0].double().numpy() for design in self.designs_]
             memberships = [membership_matrix(design.table, self.config.n_subsets) for design in self.designs_]
             weight, criteria = cross_fitted_weight(recovered, responses, memberships, first_order)
         self.stage_info["hybrid"] = {"first_order_weight": weight, "criteria": criteria}
