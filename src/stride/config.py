@@ -95,7 +95,8 @@ class StrideConfig:
             if getattr(self, name) < 1:
                 raise StrideError(f"{name} must be at least 1, got {getattr(self, name)}")
         weight = self.first_order_weight
-        if weight != "auto" and (isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1):
+        number = isinstance(weight, (int, float)) and not isinstance(weight, bool)
+        if weight != "auto" and not (number and 0 <= weight <= 1):
             raise StrideError(f"first_order_weight must be 'auto' or a number in [0, 1], got {weight!r}")
         if self.length_grouping < 0:
             raise StrideError(f"length_grouping must be 0 or more, got {self.length_grouping}")

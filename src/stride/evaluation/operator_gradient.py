@@ -91,4 +91,5 @@ class OperatorGradientAttributor(BaselineAttributor):
 
 @register("operator-grad")
 def _create(context: MethodContext) -> OperatorGradientAttributor:
-    return OperatorGradientAttributor(context, parse_settings(OperatorGradientSettings, context.settings, "operator-grad"))
+    settings = parse_settings(OperatorGradientSettings, context.settings, "operator-grad")
+    return OperatorGradientAttributor(context, settings)

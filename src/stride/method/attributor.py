@@ -20,10 +20,10 @@ from torch import nn
 from stride.attributor import Attributor
 from stride.config import StrideConfig
 from stride.errors import StrideError
-from stride.method.measure import query_responses
-from stride.method.membership import example_subsets, membership_matrix, subset_sizes
 from stride.method.first_order import restricted_gradients
 from stride.method.hybrid import cross_fitted_weight, mix
+from stride.method.measure import query_responses
+from stride.method.membership import example_subsets, membership_matrix, subset_sizes
 from stride.method.operators import LOGIT, OperatorBank
 from stride.method.recover import CV_LAMBDAS, CV_SPAN, cross_validated_lambda, lasso_scores, standardize
 from stride.method.train import OperatorTrainer
@@ -132,7 +132,8 @@ class StrideAttributor(Attributor):
         def draw() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             table = example_subsets(len(train), config.n_subsets, config.subsets_per_example, seed)
             sizes = subset_sizes(table, config.n_subsets)
-            return {"example_subsets": torch.as_tensor(table)}, {"min_size": int(sizes.min()), "max_size": int(sizes.max())}
+            info = {"min_size": int(sizes.min()), "max_size": int(sizes.max())}
+            return {"example_subsets": torch.as_tensor(table)}, info
 
         tensors, _ = self._stage("membership" + suffix, membership_args, draw)
         table = tensors["example_subsets"].numpy()
@@ -208,7 +209,8 @@ class StrideAttributor(Attributor):
             if chosen is None:
                 chosen = cross_validated_lambda(membership, standardized, config.cv_queries, design.seed)
             scores = lasso_scores(membership, standardized, scales, chosen)
-            return {"scores": torch.as_tensor(scores)}, {"lambda": chosen, "nonzero_fraction": float((scores != 0).mean())}
+            info = {"lambda": chosen, "nonzero_fraction": float((scores != 0).mean())}
+            return {"scores": torch.as_tensor(scores)}, info
 
         tensors, info = self._stage("recovery" + design.suffix, args, recover)
         return tensors["scores"], info["lambda"], responses
@@ -221,8 +223,8 @@ class StrideAttributor(Attributor):
         return float(weight)
 
     def _first_order_features(self, data: Examples, query: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        features = restricted_gradients(self.steered_, data, LOGIT, FIRST_ORDER_RANK, self.seed, self.config.batch_size,
-                                        query=query, proj_dim=self.config.first_order_dim)  # fmt: skip
+        features = restricted_gradients(self.steered_, data, LOGIT, FIRST_ORDER_RANK, self.seed,
+                                        self.config.batch_size, query=query, proj_dim=self.config.first_order_dim)
         self.steered_.bank = self.designs_[0].bank
         return {"features": features}, {}
 

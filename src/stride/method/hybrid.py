@@ -2,7 +2,9 @@
 
 Scores are mixed per query in standard units: (1 - w) z(lasso) + w z(first order), then put back
 on the scale of the Lasso scores (times their per-query standard deviation), so they stay in
-loss units (a query whose Lasso scores are all zero keeps standard units). The weight w is chosen without ground truth, by cross-fitting over designs: for each
+loss units (a query whose Lasso scores are all zero keeps standard units).
+
+The weight w is chosen without ground truth, by cross-fitting over designs: for each
 design j, mix the average of the *other* designs' Lasso scores with the first-order scores, predict
 design j's subset responses (M_j times the mixed scores) and take the Spearman correlation with
 the measured ones over its K operators; w maximises the mean over queries and designs. Design
