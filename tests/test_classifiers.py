@@ -168,3 +168,13 @@ def test_command_line_with_a_factory_file_weights_and_npz_data(setup, tmp_path, 
     assert torch.equal(written, _scores(setup, config={"epochs": 5}))
     assert main([*args[:2], f"{tmp_path / 'mymodel.py'}:make_net", *args[3:]]) == 2
     assert "defines no function 'make_net'" in capsys.readouterr().err
+
+
+def test_two_designs_with_the_first_order_mix_on_a_classifier(setup):
+    config = classifier_config(N_TRAIN, epochs=10, designs=2)  # first_order_weight "auto"
+    scores = _scores(setup, config=config)
+    assert torch.isfinite(scores).all()
+    for query, duplicate in enumerate(DUPLICATES):
+        assert duplicate in torch.argsort(scores[query], descending=True)[:5].tolist()
+    plain = _scores(setup, config=classifier_config(N_TRAIN, epochs=10, designs=2, first_order_weight=0))
+    assert not torch.equal(scores, plain)
