@@ -30,7 +30,7 @@ from stride.evaluation.lds import evaluate_lds  # noqa: E402
 from stride.store import write_json  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from operator_families import ground_truth_folder  # noqa: E402
+from regime_folders import ground_truth_folder  # noqa: E402
 
 
 def main() -> int:

@@ -31,6 +31,9 @@ from stride.evaluation.groundtruth import load_groundtruth  # noqa: E402
 from stride.evaluation.lds import evaluate_lds  # noqa: E402
 from stride.store import write_json  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+from regime_folders import ground_truth_folder  # noqa: E402
+
 FAMILIES = {
     "logit r16 (STRIDE default)": {"form": "logit", "rank": 16},
     "logit r64": {"form": "logit", "rank": 64},
@@ -43,18 +46,6 @@ FAMILIES = {
     "residual full width, block 0": {"form": "residual", "rank": 0, "layers": [0]},
     "residual full width, blocks 0+1": {"form": "residual", "rank": 0, "layers": [0, 1]},
 }
-
-
-def ground_truth_folder(root: Path) -> Path:
-    """The largest ground truth of a regime folder (most subsets x seeds)."""
-    def size(folder: Path) -> int:
-        subsets, seeds = (int(part[1:]) for part in folder.name.split("_")[1:])
-        return subsets * seeds
-
-    folders = sorted(root.glob("groundtruth_m*_s*"), key=size)
-    if not folders:
-        raise SystemExit(f"no ground truth under {root}: run bench/lds.py --out {root.parent} first")
-    return folders[-1]
 
 
 def main() -> int:

@@ -30,7 +30,7 @@ from stride.method.recover import standardize
 from stride.store import write_json
 
 sys.path.insert(0, str(Path(__file__).parent))
-from operator_families import ground_truth_folder  # noqa: E402
+from regime_folders import ground_truth_folder  # noqa: E402
 
 
 def variants(penalty: float) -> dict[str, object]:

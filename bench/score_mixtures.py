@@ -26,19 +26,14 @@ from stride.evaluation.groundtruth import load_groundtruth  # noqa: E402
 from stride.evaluation.lds import evaluate_lds  # noqa: E402
 from stride.store import write_json  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+from regime_folders import ground_truth_folder  # noqa: E402
+
 
 def standardised(scores: np.ndarray) -> np.ndarray:
     """Each query's scores centred and divided by their standard deviation."""
     centred = scores - scores.mean(axis=1, keepdims=True)
     return centred / np.maximum(centred.std(axis=1, keepdims=True), 1e-12)
-
-
-def ground_truth_folder(root: Path) -> Path:
-    """The largest ground truth of a regime folder (most subsets x seeds)."""
-    folders = sorted(root.glob("groundtruth_m*_s*"), key=lambda p: np.prod([int(x[1:]) for x in p.name.split("_")[1:]]))
-    if not folders:
-        raise SystemExit(f"no ground truth under {root}: run bench/lds.py first")
-    return folders[-1]
 
 
 def main() -> int:
