@@ -19,21 +19,14 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
-
 from stride.api import load_scores  # noqa: E402
 from stride.evaluation.groundtruth import load_groundtruth  # noqa: E402
 from stride.evaluation.lds import evaluate_lds  # noqa: E402
+from stride.method.hybrid import standard_units  # noqa: E402
 from stride.store import write_json  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from regime_folders import ground_truth_folder  # noqa: E402
-
-
-def standardised(scores: np.ndarray) -> np.ndarray:
-    """Each query's scores centred and divided by their standard deviation."""
-    centred = scores - scores.mean(axis=1, keepdims=True)
-    return centred / np.maximum(centred.std(axis=1, keepdims=True), 1e-12)
 
 
 def main() -> int:
@@ -48,7 +41,7 @@ def main() -> int:
         root = Path(args.out) / regime
         truth = ground_truth_folder(root)
         subsets, losses = load_groundtruth(truth)
-        scores = {m: standardised(load_scores(root / "runs" / m / "scores.safetensors")) for m in args.methods}
+        scores = {m: standard_units(load_scores(root / "runs" / m / "scores.safetensors")) for m in args.methods}
         for names in [(m,) for m in args.methods] + list(itertools.combinations(args.methods, 2)):
             report = evaluate_lds(sum(scores[m] for m in names) / len(names), subsets, losses)
             rows.append({"regime": regime, "ground_truth": truth.name, "mixture": "+".join(names),

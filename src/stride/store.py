@@ -123,14 +123,13 @@ class RunStore:
         for suffix in (".ckpt", ".ckpt.json"):
             (self.root / STAGES / f"{stage}{suffix}").unlink(missing_ok=True)
 
-    def adopt_training_stages(self, other: str | Path) -> list[str]:
+    def adopt_training_stages(self, other: str | Path) -> None:
         """Copy the finished stages of run folder `other` that do not depend on the queries (their
         arguments name no `queries`), so that a run on new queries reuses them; stages already
-        here are kept. Returns the names copied."""
+        here are kept."""
         source = Path(other) / STAGES
         if not source.is_dir():
             raise StrideError(f"no run folder to reuse at {other} (its {STAGES}/ folder is missing)")
-        copied = []
         for meta in sorted(source.glob("*.json")):
             arrays = meta.with_suffix(".safetensors")
             recorded = json.loads(meta.read_text())
@@ -140,8 +139,6 @@ class RunStore:
                 continue
             shutil.copy2(arrays, self._arrays_path(meta.stem))
             shutil.copy2(meta, self._meta_path(meta.stem))
-            copied.append(meta.stem)
-        return copied
 
     def load(self, stage: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """The arrays and the recorded info of a finished stage."""

@@ -225,7 +225,6 @@ class StrideAttributor(Attributor):
     def _first_order_features(self, data: Examples, query: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         features = restricted_gradients(self.steered_, data, LOGIT, FIRST_ORDER_RANK, self.seed,
                                         self.config.batch_size, query=query, proj_dim=self.config.first_order_dim)
-        self.steered_.bank = self.designs_[0].bank
         return {"features": features}, {}
 
     def _first_order_args(self) -> dict[str, Any]:
