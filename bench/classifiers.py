@@ -20,7 +20,7 @@ increase of the query's cross-entropy over the full-data retrain of the same see
 
 Prints the configuration and a table; writes runs/classifiers/results.json (runs/ is not tracked).
 
-    python bench/classifiers.py [--quick] [--datasets digits breast_cancer] [--methods stride trak ...]
+    python -m bench.classifiers [--quick] [--datasets digits breast_cancer] [--methods stride trak ...]
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ timing only, untrained weights change no method's amount of work. Each n is time
 process, next to one forward pass over that training set. Prints the configuration and a table;
 writes results.json after every size.
 
-    python bench/cost_vs_n.py [--sizes 1000 4000 16000] [--methods stride] [--designs 1]
+    python -m bench.cost_vs_n [--sizes 1000 4000 16000] [--methods stride] [--designs 1]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -35,6 +36,8 @@ from stride.lm_training import LMRecipe, example_losses, new_causal_lm, train_to
 from stride.models import load_causal_lm  # noqa: E402
 from stride.store import write_json  # noqa: E402
 
+from bench.lds import cached_model_matches  # noqa: E402
+
 CONTEXT = 128
 N_QUERIES = 100
 
@@ -50,14 +53,17 @@ def fortune_sentences(seed: int) -> list[str]:
 
 
 def build_model(texts: list[str], folder: Path) -> Path:
-    """A random GPT-2 (2 blocks, width 128, vocabulary 1,024) with a tokenizer trained on `texts` (cached)."""
-    if not (folder / "config.json").is_file():
+    """A random GPT-2 (2 blocks, width 128, vocabulary 1,024) with a tokenizer trained on `texts` (cached;
+    recipe.json records its recipe)."""
+    recipe = LMRecipe(architecture="gpt2", n_layers=2, hidden_size=128, n_heads=4, vocab_size=1024,
+                      context=CONTEXT, seed=0)  # fmt: skip
+    if not cached_model_matches(folder, recipe):
         tokenizer = train_tokenizer(texts, 1024)
-        recipe = LMRecipe(architecture="gpt2", n_layers=2, hidden_size=128, n_heads=4, vocab_size=1024,
-                          context=CONTEXT, seed=0)  # fmt: skip
         folder.mkdir(parents=True, exist_ok=True)
         new_causal_lm(recipe, tokenizer).save_pretrained(str(folder))
         tokenizer.save_pretrained(str(folder))
+        write_json(folder / "recipe.json", {"recipe": asdict(recipe), "base": None, "trained": False,
+                                            "tokenizer_texts": len(texts)})  # fmt: skip
     return folder
 
 

@@ -7,7 +7,7 @@ size it times one forward pass over the training set (batches of 64, file order)
 method's stages, so the ratios share their conditions. Prints the configuration and a table;
 writes results.json after every size.
 
-    python bench/cost_vs_size.py [--sizes 2x128 4x256 6x384 8x512] [--methods stride ekfac logra]
+    python -m bench.cost_vs_size [--sizes 2x128 4x256 6x384 8x512] [--methods stride ekfac logra]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -30,20 +31,24 @@ from stride.data import load_data, read_examples  # noqa: E402
 from stride.lm_training import LMRecipe, example_losses, new_causal_lm, train_tokenizer  # noqa: E402
 from stride.store import write_json  # noqa: E402
 
+from bench.lds import cached_model_matches  # noqa: E402
+
 VOCAB = 1024
 CONTEXT = 128
 
 
 def build_model(layers: int, width: int, texts: list[str], folder: Path) -> Path:
-    """A random GPT-2 of the given size with a tokenizer trained on `texts` (cached)."""
-    if not (folder / "config.json").is_file():
+    """A random GPT-2 of the given size with a tokenizer trained on `texts` (cached; recipe.json records its recipe)."""
+    recipe = LMRecipe(architecture="gpt2", n_layers=layers, hidden_size=width, n_heads=max(2, width // 64),
+                      vocab_size=VOCAB, context=CONTEXT, seed=0)  # fmt: skip
+    if not cached_model_matches(folder, recipe):
         tokenizer = train_tokenizer(texts, VOCAB)
-        recipe = LMRecipe(architecture="gpt2", n_layers=layers, hidden_size=width, n_heads=max(2, width // 64),
-                          vocab_size=VOCAB, context=CONTEXT, seed=0)  # fmt: skip
         model = new_causal_lm(recipe, tokenizer)
         folder.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(str(folder))
         tokenizer.save_pretrained(str(folder))
+        write_json(folder / "recipe.json", {"recipe": asdict(recipe), "base": None, "trained": False,
+                                            "tokenizer_texts": len(texts)})  # fmt: skip
     return folder
 
 

@@ -7,7 +7,7 @@ one run folder per regime, so design j is trained once and reused by every later
 models, data and ground truths that `bench/lds.py` left under --out (run it first). Prints the
 configuration and a table; writes designs.json under --out.
 
-    python bench/designs.py [--out runs/bench_lds] [--designs 3] [--regimes finetune scratch]
+    python -m bench.designs [--out runs/bench_lds] [--designs 3] [--regimes finetune scratch]
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ from stride.evaluation.groundtruth import load_groundtruth  # noqa: E402
 from stride.evaluation.lds import evaluate_lds  # noqa: E402
 from stride.store import write_json  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
-from regime_folders import ground_truth_folder  # noqa: E402
+from bench.regime_folders import ground_truth_folder  # noqa: E402
 
 
 def main() -> int:

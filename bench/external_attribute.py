@@ -1,7 +1,7 @@
 """`stride attribute` on a model and data stride did not make (bench/external_model.py builds them):
 wall time, peak memory (max RSS of the child process) and the contract files.
 
-    python bench/external_attribute.py [--out runs/bench_external] [--data text|sft] [--threads 2]
+    python -m bench.external_attribute [--out runs/bench_external] [--data text|sft] [--threads 2]
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ usable entry that is not used in the train/query files.
 
 Usage::
 
-    python bench/external_model.py --out DIR [--seed 0]
+    python -m bench.external_model --out DIR [--seed 0]
 
 The script is deterministic under ``--seed`` and runs in well under two
 minutes on two CPU cores. It deliberately does not import ``stride``.

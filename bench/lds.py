@@ -11,10 +11,15 @@ Regimes:
 TRAK gets an ensemble (--trak-ensemble models: the attributed one and others trained with other
 seeds), as its authors recommend; other methods use the attributed model alone.
 
-Everything is cached under --out (models, ground truth, each method's run folder), so a rerun
-only computes what is missing. Prints the configuration and the table; writes results.json.
+Models and ground truth are cached under --out, so a rerun does not train them again (a cached
+model trained with another recipe than the one asked for is refused, see `cached_model_matches`).
+Each method's run folder is recomputed every time (`overwrite=True`), so that a benchmark always
+reflects the current code. Prints the configuration and the table; writes results.json
+(results_TAG.json with --tag _TAG) under --out.
 
-    python bench/lds.py [--quick] [--regimes finetune scratch] [--methods stride tfidf ...]
+    python -m bench.lds [--quick] [--regimes finetune scratch] [--methods stride tfidf ...]
+
+(from the repository root; `python bench/lds.py` works too: this script imports no other bench module.)
 """
 
 from __future__ import annotations
@@ -69,15 +74,51 @@ REGIMES = {
 DIAGNOSTICS = ("operator-grad",)  # run only when named with --methods
 
 
+def cached_model_matches(folder: Path, recipe: LMRecipe, base: Path | None = None) -> bool:
+    """Whether `folder` already holds the model of `recipe` (fine-tuned from `base`; None: from scratch).
+
+    False when it holds none yet (no recipe.json: train it). True when its recipe.json (written by
+    `train_lm`: keys "recipe" and "base") records the same recipe and the same base folder. Any other
+    record stops the benchmark (SystemExit): a model trained otherwise is neither reused nor
+    silently trained over. The other bench scripts that cache models use this check too.
+    """
+    record_path = Path(folder) / "recipe.json"
+    if not record_path.is_file():
+        return False
+    record = json.loads(record_path.read_text())
+    wanted = json.loads(json.dumps(dataclasses.asdict(recipe)))  # as JSON holds it (tuples -> lists)
+    recorded = record.get("recipe")
+    problems = []
+    if not isinstance(recorded, dict):
+        problems.append("no recipe recorded")
+    elif recorded != wanted:
+        missing = "<not recorded>"
+        for key in sorted(set(recorded) | set(wanted)):
+            cached, requested = recorded.get(key, missing), wanted.get(key, missing)
+            if cached != requested:
+                problems.append(f"{key}: cached {cached!r}, requested {requested!r}")
+    recorded_base = record.get("base")
+    if (recorded_base is None) != (base is None) or (
+        base is not None and Path(recorded_base).resolve() != Path(base).resolve()
+    ):
+        problems.append(f"base: cached {recorded_base!r}, requested {str(base) if base is not None else None!r}")
+    if problems:
+        raise SystemExit(
+            f"{folder} holds a model trained otherwise than this run asks for ({'; '.join(problems)}). "
+            f"Delete {folder} (and the ground truth and runs computed from it) or use another --out."
+        )
+    return True
+
+
 def build_models(regime: Regime, data: dict[str, Path], root: Path) -> tuple[Path, Path | None]:
     """The attributed model (and the fine-tuning base), trained once and cached."""
     base = None
     if regime.base_recipe is not None:
         base = root / "base"
-        if not (base / "recipe.json").is_file():
+        if not cached_model_matches(base, regime.base_recipe):
             train_lm(data["pretrain"], base, regime.base_recipe)
     model = root / "model"
-    if not (model / "recipe.json").is_file():
+    if not cached_model_matches(model, regime.recipe, base):
         train_lm(data["train"], model, regime.recipe, base_dir=base)
     return model, base
 
@@ -87,8 +128,9 @@ def ensemble_models(regime: Regime, data: dict[str, Path], root: Path, base: Pat
     folders = []
     for seed in range(1, size):
         folder = root / f"model_seed{seed}"
-        if not (folder / "recipe.json").is_file():
-            train_lm(data["train"], folder, dataclasses.replace(regime.recipe, seed=seed), base_dir=base)
+        recipe = dataclasses.replace(regime.recipe, seed=seed)
+        if not cached_model_matches(folder, recipe, base):
+            train_lm(data["train"], folder, recipe, base_dir=base)
         folders.append(str(folder))
     return folders
 

@@ -9,7 +9,7 @@ operators are trained.
 Reads the models, data and ground truths that `bench/lds.py` left under --out (run it first).
 Prints the configuration and a table; writes operator_families.json under --out.
 
-    python bench/operator_families.py [--out runs/bench_lds] [--regimes finetune scratch]
+    python -m bench.operator_families [--out runs/bench_lds] [--regimes finetune scratch]
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ from stride.evaluation.groundtruth import load_groundtruth  # noqa: E402
 from stride.evaluation.lds import evaluate_lds  # noqa: E402
 from stride.store import write_json  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
-from regime_folders import ground_truth_folder  # noqa: E402
+from bench.regime_folders import ground_truth_folder  # noqa: E402
 
 FAMILIES = {
     "logit r16 (STRIDE default)": {"form": "logit", "rank": 16},

@@ -7,7 +7,7 @@ the Lasso at 0.3x, 1x and 3x the chosen penalty, the non-negative Lasso at 1x, a
 regression at three penalties. Prints the configuration and a table; writes
 recovery_variants.json under --out.
 
-    python bench/recovery_variants.py [--out runs/bench_lds] [--run stride_designs]
+    python -m bench.recovery_variants [--out runs/bench_lds] [--run stride_designs]
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ from stride.method.membership import membership_matrix
 from stride.method.recover import standardize
 from stride.store import write_json
 
-sys.path.insert(0, str(Path(__file__).parent))
-from regime_folders import ground_truth_folder  # noqa: E402
+from bench.regime_folders import ground_truth_folder
 
 
 def variants(penalty: float) -> dict[str, object]:

@@ -1,4 +1,4 @@
-"""What the analysis scripts of bench/ read from a regime folder that `bench/lds.py` filled."""
+"""What the analysis scripts of bench/ read from a regime folder that `python -m bench.lds` filled."""
 
 from __future__ import annotations
 
@@ -14,5 +14,5 @@ def ground_truth_folder(root: Path) -> Path:
 
     folders = sorted(root.glob("groundtruth_m*_s*"), key=size)
     if not folders:
-        raise SystemExit(f"no ground truth under {root}: run bench/lds.py --out {root.parent} first")
+        raise SystemExit(f"no ground truth under {root}: run python -m bench.lds --out {root.parent} first")
     return folders[-1]

@@ -4,7 +4,7 @@ Reads the run folders that `bench/lds.py` left under --out (REGIME/runs/METHOD/s
 and its ground truth, and asks whether two methods carry complementary signal: if a mixture beats
 both parts, their errors differ. Prints the configuration and a table; writes mixtures.json.
 
-    python bench/score_mixtures.py [--out runs/bench_lds] [--regimes finetune scratch]
+    python -m bench.score_mixtures [--out runs/bench_lds] [--regimes finetune scratch]
         [--methods stride graddot ekfac trak tfidf]
 """
 
@@ -25,8 +25,7 @@ from stride.evaluation.lds import evaluate_lds  # noqa: E402
 from stride.method.hybrid import standard_units  # noqa: E402
 from stride.store import write_json  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
-from regime_folders import ground_truth_folder  # noqa: E402
+from bench.regime_folders import ground_truth_folder  # noqa: E402
 
 
 def main() -> int:

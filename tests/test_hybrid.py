@@ -3,6 +3,7 @@ over designs that follows which signal is informative."""
 
 import numpy as np
 import pytest
+from scipy.stats import spearmanr
 
 from stride.method.hybrid import WEIGHT_GRID, cross_fitted_weight, mix, row_spearman, standard_units
 from stride.method.membership import example_subsets, membership_matrix
@@ -29,11 +30,23 @@ def test_cross_fitted_weight_follows_the_informative_signal(first_order_noise, e
     else:
         first_order = truth + first_order_noise * rng.standard_normal(truth.shape)
     weight, criteria = cross_fitted_weight(scores, responses, memberships, first_order)
-    assert set(criteria) == set(WEIGHT_GRID)
+    # each criterion, recomputed with scipy: mean over held-out designs and queries of the Spearman
+    # correlation between the measured responses and M_j times the mix of the other designs' mean
+    z_first = (first_order - first_order.mean(axis=1, keepdims=True)) / first_order.std(axis=1, keepdims=True)
+    for w in WEIGHT_GRID:
+        values = []
+        for held_out in range(3):
+            others = np.mean([s for j, s in enumerate(scores) if j != held_out], axis=0)
+            centred = others - others.mean(axis=1, keepdims=True)
+            mixed = (1 - w) * centred + w * z_first * others.std(axis=1, keepdims=True)
+            predicted = memberships[held_out] @ mixed.T  # [subsets, queries]
+            values += [spearmanr(predicted[:, q], responses[held_out][q]).statistic for q in range(truth.shape[0])]
+        assert criteria[w] == pytest.approx(np.mean(values), abs=1e-9), w
+    assert criteria[weight] == max(criteria.values())
     if expected == "mixes":
-        assert weight >= 0.3
+        assert weight >= 0.3 and criteria[weight] > criteria[0.0] + 0.1  # the first-order scores help clearly
     else:
-        assert weight == 0.0
+        assert weight == 0.0 and criteria[0.5] < criteria[0.0] - 0.1  # mixing in noise hurts clearly
 
 
 def test_mix_keeps_the_lasso_scale_and_order_at_weight_zero():

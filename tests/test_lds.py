@@ -11,7 +11,6 @@ import pytest
 from scipy.stats import spearmanr
 
 from stride.evaluation.lds import (
-    LDSReport,
     bootstrap_ci,
     evaluate_lds,
     lds_per_query,
@@ -54,15 +53,27 @@ def test_matches_loop_with_scipy_spearmanr():
 
 
 def test_multi_seed_target_is_seed_mean():
-    rng = np.random.default_rng(2)
-    scores = rng.normal(size=(6, 10))
-    subsets = rng.random((15, 10)) < 0.5
-    losses = rng.normal(size=(3, 15, 6))
-    np.testing.assert_allclose(
-        lds_per_query(scores, subsets, losses),
-        lds_per_query(scores, subsets, losses.mean(axis=0)),
-        atol=1e-12,
-    )
+    # S1={0}, S2={1}, S3={0,1}, S4={2}; both queries score [1, 2, 4], so g = [1, 2, 3, 4].
+    subsets = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=bool)
+    scores = np.array([[1.0, 2.0, 4.0], [1.0, 2.0, 4.0]])
+    # losses[seed, subset, query]
+    seed_a = np.array([[0.9, 0.4], [0.5, 0.3], [0.7, 0.2], [0.1, 0.1]])
+    seed_b = np.array([[0.6, 0.2], [0.8, 0.5], [0.0, 0.0], [0.3, 0.6]])
+    losses = np.stack([seed_a, seed_b])
+    # Query 0: -f_a ranks [1, 3, 2, 4] -> rho 0.8; -f_b ranks [2, 1, 4, 3] -> rho 0.6;
+    #   seed mean f = [0.75, 0.65, 0.35, 0.2] -> -f ranks [1, 2, 3, 4] -> rho 1.0
+    #   (neither seed alone, nor the mean of their LDS, 0.7, nor the seeds' min, 0.8).
+    # Query 1: -f_a ranks [1, 2, 3, 4] -> rho 1.0; -f_b ranks [3, 2, 4, 1], d = [2, 0, 1, -3] -> rho -0.4;
+    #   seed mean f = [0.3, 0.4, 0.1, 0.35] -> -f ranks [3, 1, 4, 2], d = [2, -1, 1, -2],
+    #   rho = 1 - 6 * 10 / (4 * 15) = 0 (the seeds' max, min or mean rank would give -0.4, 0.6, 0.74).
+    np.testing.assert_allclose(lds_per_query(scores, subsets, seed_a), [0.8, 1.0], atol=1e-12)
+    np.testing.assert_allclose(lds_per_query(scores, subsets, seed_b), [0.6, -0.4], atol=1e-12)
+    per_query = lds_per_query(scores, subsets, losses)
+    np.testing.assert_allclose(per_query, [1.0, 0.0], atol=1e-12)
+    g = np.array([scores[0, subsets[j]].sum() for j in range(4)])
+    for q in range(2):
+        target = -np.array([(seed_a[j, q] + seed_b[j, q]) / 2 for j in range(4)])
+        assert per_query[q] == pytest.approx(spearmanr(g, target).statistic, abs=1e-12)
 
 
 def test_hand_worked_tiny_case():
@@ -298,8 +309,15 @@ def test_plot_lds_writes_png(tmp_path):
 
     w, subsets, losses = linear_datamodel(n_queries=20, n_seeds=2, noise=3.0)
     report = evaluate_lds(w, subsets, losses, n_resamples=200)
-    assert isinstance(report, LDSReport)
+    # true weights against a noisy two-seed mean: a high LDS inside its bootstrap CI
+    assert report.ci_low < report.mean < report.ci_high and report.mean > 0.9
+    assert report.n_seeds == 2 and report.n_excluded == 0 and report.ceiling < report.mean
     out = plot_lds(report, w, subsets, losses, tmp_path / "sub" / "lds.png")
     data = Path(out).read_bytes()
     assert len(data) > 1000
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    from matplotlib.image import imread
+
+    image = imread(out)  # 4 example queries: a 12.8 x 6.4 inch figure at 100 dpi
+    assert image.shape[:2] == (640, 1280)
+    assert image[..., :3].std() > 0.05  # something is drawn, not a blank canvas

@@ -5,6 +5,7 @@ from stride.data import load_data
 from stride.method.operators import OperatorBank
 from stride.method.steering import SteeredModel
 from stride.models import decoder_blocks, default_layer, load_causal_lm
+from stride.tasks import CausalLMTask
 
 
 def _setup(model_dir, train_path, form, layer=None):
@@ -13,7 +14,7 @@ def _setup(model_dir, train_path, form, layer=None):
     blocks = decoder_blocks(model)
     layer = default_layer(len(blocks)) if layer is None else layer
     bank = OperatorBank(form, 5, model.config.hidden_size, 4, model.get_output_embeddings().out_features, seed=0)
-    return model, data.batch([0, 1, 2, 7]), SteeredModel(model, blocks, layer, bank)
+    return model, data.batch([0, 1, 2, 7]), SteeredModel(model, blocks, layer, CausalLMTask()), bank
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -26,14 +27,14 @@ def test_decoder_blocks_are_found_generically(arch, gpt2_dir, llama_dir):
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_zero_operator_leaves_logits_unchanged(arch, gpt2_dir, llama_dir, corpus):
-    model, batch, steered = _setup(gpt2_dir if arch == "gpt2" else llama_dir, corpus["train"], "residual")
+    model, batch, steered, bank = _setup(gpt2_dir if arch == "gpt2" else llama_dir, corpus["train"], "residual")
     with torch.no_grad():
         plain = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         subset_ids = torch.tensor([0, 1, 2, 3])
-        with steered.attached(subset_ids):
+        with steered.attached(bank, subset_ids):
             hooked = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         base = steered.base(batch)
-        replayed = steered.steered_logits(base, batch, torch.arange(4), subset_ids)
+        replayed = steered.steered_logits(bank, base, batch, torch.arange(4), subset_ids)
     assert torch.equal(plain, hooked)
     assert torch.allclose(plain, replayed, atol=1e-5)
     assert torch.equal(plain, base.logits)
@@ -41,14 +42,14 @@ def test_zero_operator_leaves_logits_unchanged(arch, gpt2_dir, llama_dir, corpus
 
 @pytest.mark.parametrize("arch,layer", [("gpt2", 0), ("gpt2", 1), ("llama", 0), ("llama", 1)])
 def test_replay_from_cached_block_matches_a_full_steered_pass(arch, layer, gpt2_dir, llama_dir, corpus):
-    model, batch, steered = _setup(gpt2_dir if arch == "gpt2" else llama_dir, corpus["train"], "residual", layer)
+    model, batch, steered, bank = _setup(gpt2_dir if arch == "gpt2" else llama_dir, corpus["train"], "residual", layer)
     with torch.no_grad():
-        steered.bank.coefficients.normal_(0, 0.5)
+        bank.coefficients.normal_(0, 0.5)
         rows = torch.tensor([0, 0, 1, 2, 3, 3])
         subset_ids = torch.tensor([4, 1, 2, 0, 3, 1])
-        with steered.attached(subset_ids):
+        with steered.attached(bank, subset_ids):
             full = model(input_ids=batch.input_ids[rows], attention_mask=batch.attention_mask[rows]).logits
-        replayed = steered.steered_logits(steered.base(batch), batch, rows, subset_ids)
+        replayed = steered.steered_logits(bank, steered.base(batch), batch, rows, subset_ids)
         plain = model(input_ids=batch.input_ids[rows], attention_mask=batch.attention_mask[rows]).logits
     assert not torch.allclose(full, plain, atol=1e-3), "the operators must change the logits"
     mask = batch.attention_mask[rows].bool()
@@ -57,13 +58,13 @@ def test_replay_from_cached_block_matches_a_full_steered_pass(arch, layer, gpt2_
 
 
 def test_logit_form_adds_a_low_rank_term_to_the_logits(gpt2_dir, corpus):
-    model, batch, steered = _setup(gpt2_dir, corpus["train"], "logit")
+    model, batch, steered, bank = _setup(gpt2_dir, corpus["train"], "logit")
     with torch.no_grad():
         base = steered.base(batch)
-        zero = steered.steered_logits(base, batch, torch.arange(4), torch.tensor([0, 1, 2, 3]))
+        zero = steered.steered_logits(bank, base, batch, torch.arange(4), torch.tensor([0, 1, 2, 3]))
         assert torch.equal(zero, base.logits)
-        steered.bank.coefficients.normal_()
-        moved = steered.steered_logits(base, batch, torch.arange(4), torch.tensor([0, 1, 2, 3]))
+        bank.coefficients.normal_()
+        moved = steered.steered_logits(bank, base, batch, torch.arange(4), torch.tensor([0, 1, 2, 3]))
     assert not torch.allclose(moved, base.logits)
 
 
@@ -90,13 +91,13 @@ def qwen2_dir(gpt2_dir, tmp_path_factory):
 
 @pytest.mark.parametrize("layer", [0, 2])
 def test_qwen2_replay_matches_a_full_steered_pass(layer, qwen2_dir, corpus):
-    model, batch, steered = _setup(qwen2_dir, corpus["train"], "residual", layer)
+    model, batch, steered, bank = _setup(qwen2_dir, corpus["train"], "residual", layer)
     assert len(steered.blocks) == 3
     with torch.no_grad():
-        steered.bank.coefficients.normal_(0, 0.5)
+        bank.coefficients.normal_(0, 0.5)
         rows, subset_ids = torch.tensor([0, 1, 2, 3]), torch.tensor([1, 2, 3, 4])
-        with steered.attached(subset_ids):
+        with steered.attached(bank, subset_ids):
             full = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        replayed = steered.steered_logits(steered.base(batch), batch, rows, subset_ids)
+        replayed = steered.steered_logits(bank, steered.base(batch), batch, rows, subset_ids)
     mask = batch.attention_mask.bool()
     assert torch.allclose(full[mask], replayed[mask], atol=1e-4)

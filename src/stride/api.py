@@ -15,12 +15,15 @@ import torch
 from safetensors.torch import save_file
 
 from stride import __version__
+from stride.attributor import MethodContext
 from stride.config import StrideConfig
+from stride.core.digest import file_digest
+from stride.core.jsonio import write_json
 from stride.data import TokenizedData, load_data, write_jsonl
 from stride.errors import StrideError
 from stride.models import context_length, load_causal_lm, parameter_count
-from stride.registry import MethodContext, available_methods, create_attributor
-from stride.store import RunStore, file_digest, write_json
+from stride.registry import available_methods, create_attributor
+from stride.store import RunStore
 
 TOP_K = 10
 
@@ -112,7 +115,7 @@ def attribute(
         "truncated": {"train": train.n_truncated, "queries": queries.n_truncated},
         "model_parameters": parameter_count(model),
         "timings_seconds": {**attributor.timings, "total": time.perf_counter() - started},
-        "stages": getattr(attributor, "stage_info", {}),
+        "stages": attributor.stage_info,
         "versions": versions(),
     }
     write_outputs(Path(out_dir), scores, info, train, queries)
@@ -130,28 +133,31 @@ def versions() -> dict[str, str]:
     }  # fmt: skip
 
 
-def top_examples(scores: torch.Tensor, train: TokenizedData, queries: TokenizedData, k: int = TOP_K) -> list[dict[str, Any]]:
+def top_examples(
+    scores: torch.Tensor, train: TokenizedData, queries: TokenizedData, k: int = TOP_K
+) -> list[dict[str, Any]]:
     """Per query: its text and the k most and k least influential training examples."""
     k = min(k, scores.shape[1])
     rows = []
+
+    def entries(query: int, indices: torch.Tensor) -> list[dict[str, Any]]:
+        return [
+            {"index": int(i), "score": float(scores[query, i]), "text": train.display_text(int(i))} for i in indices
+        ]
+
     for query in range(scores.shape[0]):
         order = torch.argsort(scores[query], descending=True, stable=True)
 
-        def entries(indices: torch.Tensor) -> list[dict[str, Any]]:
-            return [
-                {"index": int(i), "score": float(scores[query, i]), "text": train.display_text(int(i))}
-                for i in indices
-            ]
-
         rows.append({
             "query_index": query, "query": queries.display_text(query),
-            "top": entries(order[:k]), "bottom": entries(order.flip(0)[:k]),
+            "top": entries(query, order[:k]), "bottom": entries(query, order.flip(0)[:k]),
         })  # fmt: skip
     return rows
 
 
-def write_outputs(out_dir: Path, scores: torch.Tensor, info: dict[str, Any], train: TokenizedData,
-                  queries: TokenizedData) -> None:
+def write_outputs(
+    out_dir: Path, scores: torch.Tensor, info: dict[str, Any], train: TokenizedData, queries: TokenizedData
+) -> None:
     """scores.safetensors, info.json and top.jsonl in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file({"scores": scores.float().contiguous()}, str(out_dir / "scores.safetensors"))
@@ -234,8 +240,12 @@ def counterfactual(
     `report.json` in `out_dir` and returns the report. `queries_subset`: a number of queries drawn
     at random with `seed`, or query indices (default: all queries)."""
     from stride.data import read_examples
-    from stride.evaluation.counterfactual import (CounterfactualSpec, plot_counterfactual, run_counterfactual,
-                                                  select_queries)  # fmt: skip
+    from stride.evaluation.counterfactual import (
+        CounterfactualSpec,
+        plot_counterfactual,
+        run_counterfactual,
+        select_queries,  # fmt: skip
+    )
     from stride.lm_training import LMRecipe
 
     if recipe is None and (Path(model_dir) / "recipe.json").is_file():

@@ -2,34 +2,81 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
-from stride.data import TokenizedData
+from stride.config import StrideConfig
+from stride.store import RunStore, Stage, StageOutput, Tensors
+from stride.tasks import CausalLMTask, Examples, Task
+
+
+@dataclass
+class MethodContext:
+    """What a method may use: the frozen model, its tokenizer, settings and the run folder.
+
+    `settings` holds the method's own section of the --config file (e.g. {"proj_dim": 2048}).
+    `task` is the model family (default: a causal LM); `checkpoint_models` are further models of
+    the same architecture handed over in memory (the Python API's ensembles), used by the methods
+    that sum or average over checkpoints.
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    seed: int = 0
+    store: RunStore | None = None
+    model_digest: str = ""
+    progress: bool = True
+    stride_config: StrideConfig = field(default_factory=StrideConfig)
+    settings: dict[str, Any] = field(default_factory=dict)
+    task: Task = field(default_factory=CausalLMTask)
+    checkpoint_models: list[nn.Module] = field(default_factory=list)
 
 
 class Attributor(ABC):
     """Scores [n_queries, n_train]; positive = training on the example lowers the query's loss.
 
-    `prepare` runs once per training set; `score` may then run on any number of query sets.
-    `timings` maps stage names to seconds and `settings()` records every choice, for info.json.
+    `prepare` runs once per training set; `score` may then run on any number of query sets. Every
+    expensive step runs through `_stage`, so it is cached in the run store, resumed after a kill
+    and reused by `--reuse-from`. `timings` maps stage names to seconds, `stage_info` holds what
+    each stage recorded, and `settings()` records every choice, for info.json.
     """
 
     name: str = ""
 
-    def __init__(self) -> None:
+    def __init__(self, store: RunStore | None = None) -> None:
+        self.store = store if store is not None else RunStore()
         self.timings: dict[str, float] = {}
+        self.stage_info: dict[str, dict[str, Any]] = {}
 
     @abstractmethod
     def settings(self) -> dict[str, Any]:
         """Every setting that changes the scores."""
 
     @abstractmethod
-    def prepare(self, train: TokenizedData) -> None:
+    def prepare(self, train: Examples) -> None:
         """Do the per-training-set work (fit operators, factors, projections ...)."""
 
     @abstractmethod
-    def score(self, queries: TokenizedData) -> torch.Tensor:
+    def score(self, queries: Examples) -> torch.Tensor:
         """The float32 score matrix [len(queries), n_train] of the prepared training set."""
+
+    def _stage(self, stage: Stage, compute: Callable[[], StageOutput]) -> tuple[Tensors, dict[str, Any]]:
+        """Load a finished stage from the run store or compute (and store) it; records its seconds."""
+        result = self.store.run(stage, compute)
+        self.timings[stage.name] = result.seconds
+        self.stage_info[stage.name] = {**result.info, "reused": result.reused}
+        return result.tensors, result.info
+
+    @contextlib.contextmanager
+    def _timed(self, name: str) -> Iterator[None]:
+        """Add the seconds of a step that is not stored (e.g. building a library object) to `timings`."""
+        started = time.perf_counter()
+        yield
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started

@@ -7,8 +7,8 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # OpenMP threads that spin while waiting make torch many times slower when the cores are shared.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from stride.errors import StrideError  # noqa: E402
+from stride.errors import StrideError
 
 
 def _attribute(args: argparse.Namespace) -> None:
@@ -35,7 +35,9 @@ def _attribute(args: argparse.Namespace) -> None:
         trust_remote_code=args.trust_remote_code, method_settings=method_settings, reuse_from=args.reuse_from,
     )  # fmt: skip
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in result.info["timings_seconds"].items())
-    print(f"wrote {result.out_dir}/scores.safetensors [{result.scores.shape[0]} x {result.scores.shape[1]}] ({timings})")
+    print(
+        f"wrote {result.out_dir}/scores.safetensors [{result.scores.shape[0]} x {result.scores.shape[1]}] ({timings})"
+    )
 
 
 def _attribute_classifier(args: argparse.Namespace) -> None:
@@ -89,12 +91,16 @@ def _groundtruth(args: argparse.Namespace) -> None:
 def _lds(args: argparse.Namespace) -> None:
     from stride.api import lds
 
-    out = args.out or str(Path(args.scores).with_name("lds.json") if not Path(args.scores).is_dir() else Path(args.scores) / "lds.json")
+    out = args.out or str(
+        Path(args.scores).with_name("lds.json") if not Path(args.scores).is_dir() else Path(args.scores) / "lds.json"
+    )
     plot = None if args.no_plot else str(Path(out).with_suffix(".png"))
     report = lds(args.scores, args.groundtruth, out, plot, seed=args.seed)
     ceiling = f", seed ceiling {report.ceiling:.3f}" if report.ceiling is not None else ""
-    print(f"LDS {report.mean:.3f} (95% CI {report.ci_low:.3f} to {report.ci_high:.3f}, "
-          f"{report.n_queries - report.n_excluded} queries, {report.n_subsets} subsets{ceiling}); wrote {out}")
+    print(
+        f"LDS {report.mean:.3f} (95% CI {report.ci_low:.3f} to {report.ci_high:.3f}, "
+        f"{report.n_queries - report.n_excluded} queries, {report.n_subsets} subsets{ceiling}); wrote {out}"
+    )
 
 
 def _counterfactual(args: argparse.Namespace) -> None:
@@ -112,7 +118,9 @@ def _counterfactual(args: argparse.Namespace) -> None:
         subset = int(tokens[0]) if single else [int(t) for t in tokens]
     plot = None if args.no_plot else Path(args.out) / "counterfactual.png"
     if plot is not None and importlib.util.find_spec("matplotlib") is None:
-        warnings.warn("matplotlib is not installed, so no plot is drawn (pip install 'stride-tda[plots]')")
+        warnings.warn(
+            "matplotlib is not installed, so no plot is drawn (pip install 'stride-tda[plots]')", stacklevel=1
+        )
         plot = None
     recipe = read_mapping_file(args.recipe) if args.recipe else None
     report = counterfactual(
@@ -121,8 +129,10 @@ def _counterfactual(args: argparse.Namespace) -> None:
         threads_per_worker=args.threads or 1, progress=not args.quiet, plot_path=plot,
     )  # fmt: skip
     seeds = f"{report.n_seeds} seed" + ("s" if report.n_seeds > 1 else "")
-    print(f"query loss increase over the full-data retrain ({len(report.query_indices)} queries, {seeds}; "
-          f"mean [{report.confidence:.0%} CI]):")
+    print(
+        f"query loss increase over the full-data retrain ({len(report.query_indices)} queries, {seeds}; "
+        f"mean [{report.confidence:.0%} CI]):"
+    )
     print(f"{'k':>6}  {'top-k removed':<29}{'random removed':<29}difference")
     for row in report.per_k():
         cells = [f"{row[key]['mean']:+.4f} [{row[key]['ci_low']:+.4f}, {row[key]['ci_high']:+.4f}]"
@@ -157,8 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--config", help="JSON/YAML file of method settings")
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--overwrite", action="store_true", help="replace a run with other settings in --out")
-    sub.add_argument("--reuse-from", help="run folder (same model, training set, settings) whose trained operators / "
-                     "training-side features new queries reuse")
+    sub.add_argument(
+        "--reuse-from",
+        help="run folder (same model, training set, settings) whose trained operators / "
+        "training-side features new queries reuse",
+    )
     sub.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code")
 
     sub = command("attribute-classifier", _attribute_classifier,

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
+import reprlib
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,7 +82,8 @@ class StrideConfig:
     checkpoint_every: int = 50
 
     def validate(self, n_train: int | None = None) -> None:
-        """Raise StrideError naming the first setting that is out of range."""
+        """Raise StrideError naming the first setting of the wrong type or out of range."""
+        check_field_types(self, "STRIDE setting")
         if self.form not in FORMS:
             raise StrideError(f"form must be one of {FORMS}, got {self.form!r}")
         if self.lambda_rule not in LAMBDA_RULES:
@@ -127,12 +133,78 @@ class StrideConfig:
 
 
 def settings_from_dict(cls: type, values: dict[str, Any], what: str) -> Any:
-    """Build the settings dataclass `cls` from a mapping, naming any unknown key."""
+    """Build the settings dataclass `cls` from a mapping, naming any unknown key or value of the wrong type."""
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise StrideError(f"unknown {what}(s) {unknown}; known: {sorted(known)}")
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        check_type(name, value, hints[name], what)
     return cls(**values)
+
+
+def check_field_types(instance: Any, what: str) -> None:
+    """Raise StrideError for the first field of the dataclass `instance` whose value does not fit its annotation
+    (settings built in Python skip `settings_from_dict`)."""
+    hints = typing.get_type_hints(type(instance))
+    for field in dataclasses.fields(instance):
+        check_type(field.name, getattr(instance, field.name), hints[field.name], what)
+
+
+def check_type(name: str, value: Any, hint: Any, what: str) -> None:
+    """Raise a one-line StrideError naming `name`, the expected type and `value` unless `value` fits `hint`."""
+    if not _fits(value, hint):
+        raise StrideError(
+            f"{name} ({what}) must be {_describe(hint)}, got {reprlib.repr(value)} ({type(value).__name__})"
+        )
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether `value` fits the annotation `hint`; stricter than isinstance where config files need it
+    (True is no integer, 2.5 no integer, NaN no usable float)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, member) for member in args)
+    if hint is list or origin is list:
+        return isinstance(value, (list, tuple)) and (not args or all(_fits(item, args[0]) for item in value))
+    if hint is dict or origin is dict:
+        return isinstance(value, dict)
+    # numbers.Integral / Real also take numpy scalars, which callers in Python may pass.
+    if hint is float:  # an integer is always finite (and may be too large for math.isfinite)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return False
+        return isinstance(value, numbers.Integral) or math.isfinite(value)
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+# How each type is named in messages, singular and plural (for the items of lists).
+_NAMES: dict[Any, tuple[str, str]] = {
+    int: ("an integer", "integers"),
+    float: ("a finite number", "finite numbers"),
+    bool: ("true or false", "booleans"),
+    str: ("a string", "strings"),
+    type(None): ("null", "nulls"),
+    dict: ("a mapping", "mappings"),
+}
+
+
+def _describe(hint: Any, plural: bool = False) -> str:
+    """`int | None` -> "an integer or null"; `list[str]` -> "a list of strings"."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        names = [_describe(member, plural) for member in args]
+        return ", ".join(names[:-1]) + " or " + names[-1]
+    if hint is list or origin is list:
+        return ("lists" if plural else "a list") + (f" of {_describe(args[0], plural=True)}" if args else "")
+    key = dict if origin is dict else hint
+    if key in _NAMES:
+        return _NAMES[key][plural]
+    return getattr(hint, "__name__", str(hint)) + ("s" if plural else "")
 
 
 def read_mapping_file(path: str | Path) -> dict[str, Any]:
@@ -148,7 +220,7 @@ def read_mapping_file(path: str | Path) -> dict[str, Any]:
             values = yaml.safe_load(text)
         else:
             values = json.loads(text)
-    except Exception as exc:  # noqa: BLE001 - any parse error becomes one readable line
+    except Exception as exc:
         raise StrideError(f"cannot parse config file {path}: {exc}") from exc
     if not isinstance(values, dict):
         raise StrideError(f"config file {path} must hold a mapping of settings")

@@ -12,16 +12,17 @@ import hashlib
 import json
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import datasets
 import pyarrow.compute as pc
 import torch
 
+from stride.core.digest import file_digest
 from stride.errors import StrideError
-from stride.store import file_digest
 
 logger = logging.getLogger(__name__)
 datasets.disable_progress_bars()
@@ -55,7 +56,7 @@ def read_examples(path: str | Path) -> datasets.Dataset:
     if path.is_dir():
         try:
             ds = datasets.load_from_disk(str(path))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise StrideError(f"{path} is not a dataset saved with datasets.save_to_disk: {exc}") from exc
         if isinstance(ds, datasets.DatasetDict):
             if "train" not in ds:
@@ -67,7 +68,7 @@ def read_examples(path: str | Path) -> datasets.Dataset:
         _check_jsonl_head(path)
         try:
             ds = datasets.load_dataset("json", data_files=str(path), split="train")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise StrideError(f"cannot read {path} as JSON lines: {exc}") from exc
     if len(ds) == 0:
         raise StrideError(f"data file has no examples: {path}")
@@ -115,9 +116,7 @@ def _check_fields(ds: datasets.Dataset, path: Path) -> None:
         column = ds.data.column(name)
         if column.null_count:
             first = next(i for i, value in enumerate(column.to_pylist()) if value is None)
-            raise StrideError(
-                f"{path}: {column.null_count} row(s) lack '{name}' (first at line {first + 1})"
-            )
+            raise StrideError(f"{path}: {column.null_count} row(s) lack '{name}' (first at line {first + 1})")
         if not str(column.type).startswith(("string", "large_string")):
             raise StrideError(f"{path}: field '{name}' must hold strings, found {column.type}")
 

@@ -9,21 +9,22 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from stride.data import TokenizedData, load_data
 from stride.config import settings_from_dict
+from stride.core.jsonio import write_json
+from stride.data import TokenizedData, load_data
 from stride.errors import StrideError
 from stride.losses import sequence_losses
 from stride.models import context_length, load_causal_lm
 from stride.reproducibility import deterministic_algorithms
-from stride.store import write_json
 
 ARCHITECTURES = ("gpt2", "llama")
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
@@ -120,7 +121,9 @@ def train_causal_lm(
         return _optimise(model, data, recipe, indices, progress)
 
 
-def _optimise(model: nn.Module, data: TokenizedData, recipe: LMRecipe, indices: torch.Tensor, progress: bool) -> list[float]:
+def _optimise(
+    model: nn.Module, data: TokenizedData, recipe: LMRecipe, indices: torch.Tensor, progress: bool
+) -> list[float]:
     steps_per_epoch = math.ceil(len(indices) / recipe.batch_size)
     total = steps_per_epoch * recipe.epochs
     warmup = max(1, int(recipe.warmup_fraction * total))

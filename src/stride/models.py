@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,7 +36,7 @@ def load_causal_lm(
         model = transformers.AutoModelForCausalLM.from_pretrained(
             str(model_dir), local_files_only=True, trust_remote_code=trust_remote_code, dtype=dtype
         )
-    except Exception as exc:  # noqa: BLE001 - any loading failure becomes one readable line
+    except Exception as exc:
         raise StrideError(f"cannot load a causal LM from {model_dir}: {exc}") from exc
     model.eval()
     model.requires_grad_(False)
@@ -55,7 +56,7 @@ def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False) -> An
         return transformers.AutoTokenizer.from_pretrained(
             str(model_dir), local_files_only=True, trust_remote_code=trust_remote_code
         )
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise StrideError(f"cannot load the tokenizer in {model_dir}: {exc}") from exc
 
 
@@ -82,22 +83,42 @@ def context_length(model: nn.Module, tokenizer: Any | None = None) -> int:
 
 
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:
-    """The stack of decoder blocks: the ModuleList of same-type modules that holds the
-    most parameters (ties: the longer one). Found generically, so GPT-2 (`transformer.h`), Llama/Qwen (`model.layers`)
-    and other layouts need no per-architecture path."""
-    best: tuple[int, int, nn.ModuleList] | None = None
-    for module in model.modules():
-        if not isinstance(module, nn.ModuleList) or len(module) == 0:
-            continue
-        if len({type(block) for block in module}) != 1:
-            continue
-        size = sum(p.numel() for p in module.parameters())
-        key = (size, len(module))
-        if best is None or key > best[:2]:
-            best = (len(module), size, module)
-    if best is None:
+    """The ModuleList of decoder blocks of a decoder-only model (encoder-decoder models are refused).
+
+    Preferred: the list made of the classes the model names in `_no_split_modules` (transformers' own
+    record of its decoder-block classes), so GPT-2 (`transformer.h`), Llama/Qwen (`model.layers`) and
+    mixture-of-experts layouts need no per-architecture path. Models without that record fall back to
+    the largest list of same-type modules.
+    """
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        raise StrideError(
+            f"{type(model).__name__} is an encoder-decoder model; stride attributes decoder-only causal LMs"
+        )
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+    blocks = _declared_block_list(model, lists)
+    if blocks is None:
+        blocks = _largest_uniform_list(lists)
+    if blocks is None:
         raise StrideError(f"cannot find the decoder blocks of {type(model).__name__}")
-    return best[2]
+    return blocks
+
+
+def _size_then_length(blocks: nn.ModuleList) -> tuple[int, int]:
+    return sum(p.numel() for p in blocks.parameters()), len(blocks)
+
+
+def _declared_block_list(model: nn.Module, lists: list[nn.ModuleList]) -> nn.ModuleList | None:
+    """The largest list made only of the block classes in `_no_split_modules` (None if there is none).
+    Any mix of those classes counts, as hybrid models stack several kinds of decoder layer."""
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    matching = [m for m in lists if all(type(block).__name__ in names for block in m)]
+    return max(matching, key=_size_then_length, default=None)
+
+
+def _largest_uniform_list(lists: list[nn.ModuleList]) -> nn.ModuleList | None:
+    """The ModuleList of same-type modules that holds the most parameters (ties: the longer one)."""
+    uniform = [m for m in lists if len({type(block) for block in m}) == 1]
+    return max(uniform, key=_size_then_length, default=None)
 
 
 def default_layer(n_blocks: int) -> int:

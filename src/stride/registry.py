@@ -1,73 +1,49 @@
-"""Attribution methods by name: each registers a factory that builds its Attributor."""
+"""Attribution methods by name: each name maps to a factory that builds its Attributor.
+
+The built-in methods are listed as "module:function" and imported only when used, so importing
+stride (or STRIDE itself) never imports a baseline or its library. `register` adds a method.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+import importlib
+from collections.abc import Callable
 
-from torch import nn
-
-from stride.attributor import Attributor
-from stride.config import StrideConfig
+from stride.attributor import Attributor, MethodContext
 from stride.errors import StrideError
-from stride.store import RunStore
-from stride.tasks import CausalLMTask, Task
+
+Factory = Callable[[MethodContext], Attributor]
+
+BUILTIN: dict[str, str] = {
+    "stride": "stride.method.attributor:create",
+    "operator-grad": "stride.evaluation.operator_gradient:create",
+    "tfidf": "stride.baselines.tfidf:create",
+    "bm25": "stride.baselines.bm25:create",
+    "repsim": "stride.baselines.repsim:create",
+    "graddot": "stride.baselines.gradsim:create_graddot",
+    "gradcos": "stride.baselines.gradsim:create_gradcos",
+    "logra": "stride.baselines.logra:create",
+    "trak": "stride.baselines.trak:create",
+    "ekfac": "stride.baselines.ekfac:create",
+}
+ADDED: dict[str, Factory] = {}
 
 
-@dataclass
-class MethodContext:
-    """What a method may use: the frozen model, its tokenizer, settings and the run folder.
-
-    `settings` holds the method's own section of the --config file (e.g. {"proj_dim": 2048}).
-    `task` is the model family (default: a causal LM); `checkpoint_models` are further models of
-    the same architecture handed over in memory (the Python API's ensembles), used by the methods
-    that sum or average over checkpoints.
-    """
-
-    model: nn.Module
-    tokenizer: Any
-    seed: int = 0
-    store: RunStore | None = None
-    model_digest: str = ""
-    progress: bool = True
-    stride_config: StrideConfig = field(default_factory=StrideConfig)
-    settings: dict[str, Any] = field(default_factory=dict)
-    task: Task = field(default_factory=CausalLMTask)
-    checkpoint_models: list[nn.Module] = field(default_factory=list)
-
-
-FACTORIES: dict[str, Callable[[MethodContext], Attributor]] = {}
-
-
-def register(name: str) -> Callable[[Callable[[MethodContext], Attributor]], Callable[[MethodContext], Attributor]]:
-    """Decorator: make a factory available as `stride attribute --method NAME`."""
-
-    def add(factory: Callable[[MethodContext], Attributor]) -> Callable[[MethodContext], Attributor]:
-        FACTORIES[name] = factory
-        return factory
-
-    return add
+def register(name: str, factory: Factory) -> None:
+    """Make `factory` available as `stride attribute --method NAME` (and to the Python API)."""
+    ADDED[name] = factory
 
 
 def available_methods() -> list[str]:
-    _load_builtin_methods()
-    return sorted(FACTORIES)
+    return sorted({*BUILTIN, *ADDED})
 
 
 def create_attributor(name: str, context: MethodContext) -> Attributor:
     """The attributor registered under `name`, or a StrideError listing the known names."""
-    _load_builtin_methods()
-    if name not in FACTORIES:
-        raise StrideError(f"unknown method {name!r}; available: {', '.join(sorted(FACTORIES))}")
-    return FACTORIES[name](context)
-
-
-def _load_builtin_methods() -> None:
-    import stride.method.attributor  # noqa: F401  (registers "stride")
-    import stride.evaluation.operator_gradient  # noqa: F401  (registers the "operator-grad" diagnostic)
-
-    try:
-        import stride.baselines  # noqa: F401  (registers the baselines)
-    except ModuleNotFoundError as exc:
-        if exc.name != "stride.baselines":
-            raise
+    if name in ADDED:
+        return ADDED[name](context)
+    if name not in BUILTIN:
+        raise StrideError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
+    module, function = BUILTIN[name].split(":")
+    factory: Factory = getattr(importlib.import_module(module), function)
+    return factory(context)

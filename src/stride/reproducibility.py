@@ -3,8 +3,8 @@ with repeated indices) add in a varying order unless torch's deterministic algor
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 

@@ -1,80 +1,84 @@
-"""The run folder: each stage's arrays (safetensors) beside the JSON of the arguments that made them.
+"""The run folder: every method's expensive steps as named stages, cached, resumable and reusable.
 
-A stage counts as done when its JSON exists (written last) and records the same arguments; a
-stage on disk with other arguments is refused unless the store was opened with overwrite=True.
+A `Stage` names one step and records what shapes its output: its arguments (a dataclass) and the
+digests of the inputs it reads (model, training set, queries, checkpoints). `RunStore.run` loads
+a finished stage or computes and saves it: the arrays go to `stages/NAME.safetensors`, a library's
+own files (TRAK's, kronfluence's) to the folder `stages/NAME/`, and `stages/NAME.json`, written
+last, marks the stage done. A stage on disk made with other arguments or inputs is refused unless
+the store was opened with overwrite=True, as kronfluence refuses stored factors of other
+arguments. A stage may keep a checkpoint while it runs; a killed run resumes from it.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
-import math
-import os
 import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from stride.core.jsonio import to_json, write_json
 from stride.errors import StrideError
 
 STAGES = "stages"
 OUTPUTS = ("scores.safetensors", "info.json", "top.jsonl")
+QUERY_INPUT = "queries"
+
+Tensors = dict[str, torch.Tensor]
+StageOutput = tuple[Tensors, dict[str, Any]]
 
 
-def to_json(value: Any) -> Any:
-    """JSON-safe copy: NaN/inf become None, tuples lists, paths strings."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): to_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_json(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
+@dataclass(frozen=True)
+class Stage:
+    """One cached step: its name in the run folder, the arguments dataclass that shapes its output
+    and the digests of the inputs it reads (a stage that reads `queries` is query-side)."""
+
+    name: str
+    arguments: Any
+    inputs: dict[str, str]
+
+    def record(self) -> dict[str, Any]:
+        """What the run folder keeps to recognise this stage: JSON of its arguments and inputs."""
+        return to_json({"arguments": dataclasses.asdict(self.arguments), "inputs": self.inputs})
 
 
-def write_json(path: Path, value: Any) -> None:
-    """Write JSON atomically (a killed run never leaves half a file)."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(to_json(value), indent=2, sort_keys=True) + "\n")
-    os.replace(partial, path)
+@dataclass
+class StageResult:
+    """A stage's arrays, the info it recorded, whether it was loaded from disk and its seconds."""
+
+    tensors: Tensors
+    info: dict[str, Any]
+    reused: bool
+    seconds: float
 
 
-def file_digest(path: str | Path, block: int = 1 << 20) -> str:
-    """sha256 of a file, or of every file of a folder (names and contents), streamed."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-        with file.open("rb") as handle:
-            while chunk := handle.read(block):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def module_digest(model: torch.nn.Module) -> str:
-    """sha256 of a module's state (names, dtypes, shapes and values of its parameters and buffers)."""
-    return tensors_digest(model.state_dict())
-
-
-def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 of named tensors: names, dtypes, shapes and values."""
-    digest = hashlib.sha256()
-    for name, tensor in tensors.items():
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one mapping of dotted keys ({"a": {"b": 1}} -> {"a.b": 1})."""
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 class RunStore:
-    """Stage outputs of one run under `root/stages`, final outputs under `root`."""
+    """Stage outputs of one run under `root/stages`, final outputs under `root`.
 
-    def __init__(self, root: str | Path, overwrite: bool = False):
-        self.root = Path(root)
+    `root=None` keeps the stages in a temporary folder that lives as long as the store (an
+    in-memory run that still gives library methods a place for their files)."""
+
+    def __init__(self, root: str | Path | None = None, overwrite: bool = False):
+        self._scratch = tempfile.TemporaryDirectory(prefix="stride-run-") if root is None else None
+        self.root = Path(self._scratch.name if self._scratch else root)  # type: ignore[arg-type]
         if self.root.exists() and not self.root.is_dir():
             raise StrideError(f"output path exists and is not a folder: {self.root}")
         if overwrite:
@@ -83,64 +87,78 @@ class RunStore:
                 (self.root / name).unlink(missing_ok=True)
         (self.root / STAGES).mkdir(parents=True, exist_ok=True)
 
-    def _meta_path(self, stage: str) -> Path:
-        return self.root / STAGES / f"{stage}.json"
+    def _path(self, name: str, suffix: str = "") -> Path:
+        return self.root / STAGES / f"{name}{suffix}"
 
-    def _arrays_path(self, stage: str) -> Path:
-        return self.root / STAGES / f"{stage}.safetensors"
+    def folder(self, stage: Stage) -> Path:
+        """The folder where a stage keeps a library's own files (removed before the stage computes)."""
+        return self._path(stage.name)
 
-    def checkpoint_path(self, stage: str, args: dict[str, Any]) -> Path:
+    def checkpoint(self, stage: Stage) -> Path:
         """Where a stage keeps its resumable checkpoint; refuses one made with other arguments."""
-        path = self.root / STAGES / f"{stage}.ckpt"
-        marker = self.root / STAGES / f"{stage}.ckpt.json"
+        marker = self._path(stage.name, ".ckpt.json")
         if marker.exists():
-            self._check_same(stage + " checkpoint", json.loads(marker.read_text())["args"], args)
+            self._check_same(stage.name + " checkpoint", json.loads(marker.read_text()), stage.record())
         else:
-            write_json(marker, {"args": args})
-        return path
+            write_json(marker, stage.record())
+        return self._path(stage.name, ".ckpt")
 
-    def _check_same(self, stage: str, saved: dict[str, Any], args: dict[str, Any]) -> None:
-        args = to_json(args)
-        if saved != args:
-            keys = sorted(k for k in set(saved) | set(args) if saved.get(k) != args.get(k))
+    def _check_same(self, what: str, saved: dict[str, Any], wanted: dict[str, Any]) -> None:
+        if "arguments" not in saved:
             raise StrideError(
-                f"{self.root} holds a run whose '{stage}' stage used other settings ({', '.join(keys)}); "
+                f"{self.root} holds a '{what}' stage written by an earlier version of stride; "
                 "pass --overwrite to replace it or choose another output folder"
             )
+        saved = _flatten({part: saved[part] for part in ("arguments", "inputs")})
+        wanted = _flatten(wanted)
+        differing = sorted(key for key in set(saved) | set(wanted) if saved.get(key) != wanted.get(key))
+        if differing:
+            raise StrideError(
+                f"{self.root} holds a run whose '{what}' stage used other settings or inputs "
+                f"({', '.join(differing)}); pass --overwrite to replace it or choose another output folder"
+            )
 
-    def done(self, stage: str, args: dict[str, Any]) -> bool:
-        """True when the stage is on disk with these arguments; StrideError if with others."""
-        meta = self._meta_path(stage)
+    def done(self, stage: Stage) -> bool:
+        """True when the stage is on disk with these arguments and inputs; StrideError if with others."""
+        meta = self._path(stage.name, ".json")
         if not meta.exists():
             return False
-        self._check_same(stage, json.loads(meta.read_text())["args"], args)
+        saved = json.loads(meta.read_text())
+        self._check_same(stage.name, saved, stage.record())
         return True
 
-    def save(self, stage: str, tensors: dict[str, torch.Tensor], args: dict[str, Any], info: dict[str, Any]) -> None:
-        """Write the arrays, then the JSON that marks the stage done; drop its checkpoint."""
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(self._arrays_path(stage)))
-        write_json(self._meta_path(stage), {"args": args, "info": info})
+    def run(self, stage: Stage, compute: Callable[[], StageOutput]) -> StageResult:
+        """Load a finished stage, or compute it (from a clean folder) and save it; timed either way."""
+        if self.done(stage):
+            meta = json.loads(self._path(stage.name, ".json").read_text())
+            return StageResult(load_file(str(self._path(stage.name, ".safetensors"))), meta["info"], True,
+                               meta["info"].get("seconds", 0.0))  # fmt: skip
+        shutil.rmtree(self._path(stage.name), ignore_errors=True)
+        started = time.perf_counter()
+        tensors, info = compute()
+        seconds = time.perf_counter() - started
+        info = {**info, "seconds": seconds}
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(self._path(stage.name, ".safetensors")))
+        write_json(self._path(stage.name, ".json"), {**stage.record(), "info": info})
         for suffix in (".ckpt", ".ckpt.json"):
-            (self.root / STAGES / f"{stage}{suffix}").unlink(missing_ok=True)
+            self._path(stage.name, suffix).unlink(missing_ok=True)
+        return StageResult(tensors, info, False, seconds)
 
     def adopt_training_stages(self, other: str | Path) -> None:
-        """Copy the finished stages of run folder `other` that do not depend on the queries (their
-        arguments name no `queries`), so that a run on new queries reuses them; stages already
-        here are kept."""
+        """Copy the finished stages of run folder `other` that do not read the queries, so that a
+        run on new queries reuses them; stages already here are kept."""
         source = Path(other) / STAGES
         if not source.is_dir():
             raise StrideError(f"no run folder to reuse at {other} (its {STAGES}/ folder is missing)")
         for meta in sorted(source.glob("*.json")):
-            arrays = meta.with_suffix(".safetensors")
             recorded = json.loads(meta.read_text())
-            if "args" not in recorded or "queries" in recorded["args"] or not arrays.is_file():
+            arrays = meta.with_suffix(".safetensors")
+            if QUERY_INPUT in recorded.get("inputs", {QUERY_INPUT: ""}) or not arrays.is_file():
                 continue
-            if self._meta_path(meta.stem).exists():
+            if self._path(meta.stem, ".json").exists():
                 continue
-            shutil.copy2(arrays, self._arrays_path(meta.stem))
-            shutil.copy2(meta, self._meta_path(meta.stem))
-
-    def load(self, stage: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """The arrays and the recorded info of a finished stage."""
-        meta = json.loads(self._meta_path(stage).read_text())
-        return load_file(str(self._arrays_path(stage))), meta["info"]
+            shutil.copy2(arrays, self._path(meta.stem, ".safetensors"))
+            library_files = source / meta.stem
+            if library_files.is_dir():
+                shutil.copytree(library_files, self._path(meta.stem), dirs_exist_ok=True)
+            shutil.copy2(meta, self._path(meta.stem, ".json"))

@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from abc import ABC, abstractmethod
-from typing import Any, ContextManager, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -101,7 +102,7 @@ class Task(ABC):
         """Integer mask of the real positions, or None (what kronfluence asks for)."""
         return None
 
-    def traceable(self, model: nn.Module) -> ContextManager[None]:
+    def traceable(self, model: nn.Module) -> contextlib.AbstractContextManager[None]:
         """A context in which torch.func.vmap traces the model without a slow fallback."""
         return contextlib.nullcontext()
 
@@ -146,7 +147,7 @@ class CausalLMTask(Task):
     def attention_mask(self, batch: Batch) -> torch.Tensor:
         return batch.attention_mask.long()
 
-    def traceable(self, model: nn.Module) -> ContextManager[None]:
+    def traceable(self, model: nn.Module) -> contextlib.AbstractContextManager[None]:
         return eager_attention(model)
 
     def representations(self, model: nn.Module, batch: Batch, layer: int) -> torch.Tensor:
@@ -163,5 +164,4 @@ class CausalLMTask(Task):
         layer = default_layer(len(blocks)) if layer is None else layer
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(blocks):
             raise StrideError(f"layer must be between 0 and {len(blocks) - 1}, got {layer}")
-        return SteeredModel(model, blocks, layer, None, self)
-
+        return SteeredModel(model, blocks, layer, self)

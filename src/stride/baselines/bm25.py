@@ -14,11 +14,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from stride.baselines.common import (BaselineAttributor, check_choice, check_positive, data_texts, parse_settings,
-                                     require_library, require_prepared)  # fmt: skip
+from stride.attributor import MethodContext
+from stride.baselines.common import (
+    BaselineAttributor,
+    check_choice,
+    check_positive,
+    data_texts,
+    parse_settings,
+    require_library,  # fmt: skip
+)
 from stride.data import TokenizedData
 from stride.errors import StrideError
-from stride.registry import MethodContext, register
 
 VARIANTS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
 
@@ -26,10 +32,10 @@ VARIANTS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
 @dataclass
 class Bm25Settings:
     """Attributes:
-        k1: term-frequency saturation (1.2-2.0 is usual; 1.5 is the common default).
-        b: document-length normalisation (0 = none, 1 = full).
-        variant: the BM25 flavour of `bm25s` ("lucene" = Okapi BM25 with a non-negative idf).
-        lowercase: fold case before splitting into words.
+    k1: term-frequency saturation (1.2-2.0 is usual; 1.5 is the common default).
+    b: document-length normalisation (0 = none, 1 = full).
+    variant: the BM25 flavour of `bm25s` ("lucene" = Okapi BM25 with a non-negative idf).
+    lowercase: fold case before splitting into words.
     """
 
     k1: float = 1.5
@@ -58,7 +64,7 @@ class Bm25Attributor(BaselineAttributor):
         analyzer = CountVectorizer(lowercase=self.config.lowercase).build_analyzer()
         return [analyzer(text) for text in texts]
 
-    def prepare(self, train: TokenizedData) -> None:
+    def _prepare(self, train: TokenizedData) -> None:
         import bm25s
 
         with self._timed("index"):
@@ -66,18 +72,15 @@ class Bm25Attributor(BaselineAttributor):
             self.retriever_.index(self._words(data_texts(train)), show_progress=False)
             self.n_train_ = len(train)
 
-    def score(self, queries: TokenizedData) -> torch.Tensor:
-        retriever = require_prepared(self.retriever_)
+    def _scores(self, queries: TokenizedData) -> torch.Tensor:
         scores = np.zeros((len(queries), self.n_train_), dtype=np.float32)
-        with self._timed("score"):
-            for row, words in enumerate(self._words(data_texts(queries))):
-                ids = retriever.get_tokens_ids(words)
-                if ids:  # a query with no word of the training texts matches nothing
-                    scores[row] = retriever.get_scores_from_ids(ids)
+        for row, words in enumerate(self._words(data_texts(queries))):
+            ids = self.retriever_.get_tokens_ids(words)
+            if ids:  # a query with no word of the training texts matches nothing
+                scores[row] = self.retriever_.get_scores_from_ids(ids)
         return torch.as_tensor(scores)
 
 
-@register("bm25")
-def _create(context: MethodContext) -> Bm25Attributor:
+def create(context: MethodContext) -> Bm25Attributor:
     require_library("bm25s", "pip install bm25s==0.3.16", "bm25")
     return Bm25Attributor(context, parse_settings(Bm25Settings, context.settings, "bm25"))

@@ -1,4 +1,4 @@
-"""What the baselines share: settings parsing, timed and stored stages, checkpoints, batching.
+"""What the baselines share: settings parsing, stage arguments, checkpoints, and a staged scores step.
 
 Every baseline scores with the sign convention of `stride.attributor.Attributor`: positive means
 training on the example lowers the query's loss (the per-example mean next-token cross-entropy
@@ -9,23 +9,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import io
-import shutil
-import tempfile
-import time
+from abc import abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
-from stride.attributor import Attributor
+from stride.attributor import Attributor, MethodContext
 from stride.config import settings_from_dict
-from stride.data import Batch, TokenizedData
+from stride.core.digest import file_digest, module_digest
+from stride.data import TokenizedData
 from stride.errors import StrideError
-from stride.losses import sequence_losses
-from stride.registry import MethodContext
-from stride.store import file_digest, module_digest
+from stride.models import load_causal_lm
+from stride.store import QUERY_INPUT, Stage
+from stride.tasks import Examples
 
 SettingsT = TypeVar("SettingsT")
 
@@ -52,18 +53,6 @@ def check_choice(settings: Any, name: str, allowed: Sequence[str]) -> None:
         raise StrideError(f"{name} must be one of {list(allowed)}, got {value!r}")
 
 
-def index_batches(n: int, batch_size: int) -> Iterator[list[int]]:
-    """Consecutive index lists of at most `batch_size` covering range(n)."""
-    for start in range(0, n, batch_size):
-        yield list(range(start, min(start + batch_size, n)))
-
-
-def example_losses(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """Per-example mean cross-entropy over scored tokens -> [rows] (with autograd if enabled)."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-    return sequence_losses(logits, batch)
-
-
 @dataclasses.dataclass
 class Checkpoint:
     """One model the scores are summed (or averaged) over, with the digest that names it in the store."""
@@ -75,14 +64,12 @@ class Checkpoint:
 
 
 def load_checkpoints(context: MethodContext, paths: Sequence[str], include_model: bool = True,
-                     weights: Sequence[float] | None = None) -> list[Checkpoint]:
+                     weights: Sequence[float] | None = None) -> list[Checkpoint]:  # fmt: skip
     """The attributed model (unless excluded), the models saved in `paths`, then the context's
     in-memory `checkpoint_models`.
 
     Every saved checkpoint must share the attributed model's tokenizer, since the data were tokenized
     with it. `weights` (one per returned checkpoint) default to 1 (e.g. TracIn's learning rates)."""
-    from stride.models import load_causal_lm
-
     checkpoints = [Checkpoint("model", context.model_digest, context.model)] if include_model else []
     for path in paths:
         model, tokenizer = load_causal_lm(path)
@@ -114,72 +101,72 @@ def check_checkpoint_settings(paths: Any, weights: Any) -> None:
         raise StrideError(f"checkpoint_weights must be a list of numbers, got {weights!r}")
 
 
+@dataclasses.dataclass(frozen=True)
+class BaselineArguments:
+    """What shapes every stage of a baseline: its name, seed, settings dataclass and the task's choices."""
+
+    method: str
+    seed: int
+    settings: Any
+    task: dict[str, Any]
+
+
 class BaselineAttributor(Attributor):
-    """An Attributor with parsed settings, a seed, and stages that are timed and kept in the run store."""
+    """An Attributor with parsed settings and a seed, whose query scores are a stored stage.
+
+    Subclasses stage their training-side work in `prepare` (with `_training_stage`) and say how
+    the scores of a query set are computed in `_scores`."""
 
     def __init__(self, context: MethodContext, settings: Any):
-        super().__init__()
+        super().__init__(context.store)
         self.context = context
         self.config = settings
         self.seed = context.seed
-        self.store = context.store
-        self.stage_info: dict[str, Any] = {}
-        self._scratch: tempfile.TemporaryDirectory | None = None
+        self.train_digest_: str | None = None
 
     def settings(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self.config), "seed": self.seed}
 
-    def _stage(self, name: str, args: dict[str, Any],
-               compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Load a finished stage from the run store or compute (and store) it; times it either way."""
-        args = {"method": self.name, **args}
-        if self.store is not None and self.store.done(name, args):
-            tensors, info = self.store.load(name)
-            self.stage_info[name] = {**info, "reused": True}
-            self.timings[name] = info.get("seconds", 0.0)
-            return tensors
-        started = time.perf_counter()
-        tensors = compute()
-        seconds = time.perf_counter() - started
-        if self.store is not None:
-            self.store.save(name, tensors, args, {"seconds": seconds})
-        self.stage_info[name] = {"seconds": seconds, "reused": False}
-        self.timings[name] = seconds
-        return tensors
+    def _arguments(self) -> BaselineArguments:
+        return BaselineArguments(self.name, self.seed, self.config, self.context.task.settings())
 
-    def _library_folder(self, name: str) -> Path:
-        """A fresh, not yet existing folder for a library's own files: `stages/NAME` of the run
-        folder when there is one, else inside a temporary directory kept as long as this object."""
-        if self.store is not None:
-            folder = self.store.root / "stages" / name
-            shutil.rmtree(folder, ignore_errors=True)
-            return folder
-        self._scratch = tempfile.TemporaryDirectory(prefix=f"stride-{name}-")
-        return Path(self._scratch.name) / name
+    def _inputs(self, train: Examples, **more: str) -> dict[str, str]:
+        """Digests of the attributed model and the training set (and of `more` inputs)."""
+        return {"model": self.context.model_digest, "train": train.digest, **more}
+
+    def _training_stage(self, name: str, train: Examples, **more_inputs: str) -> Stage:
+        return Stage(name, self._arguments(), self._inputs(train, **more_inputs))
+
+    def prepare(self, train: Examples) -> None:
+        self.train_digest_ = train.digest
+        self._prepare(train)
+
+    @abstractmethod
+    def _prepare(self, train: Examples) -> None:
+        """The training-side work, in stages."""
+
+    @abstractmethod
+    def _scores(self, queries: Examples) -> torch.Tensor:
+        """The float32 scores [len(queries), n_train] of the prepared training set."""
+
+    def score(self, queries: Examples) -> torch.Tensor:
+        """The scores of `queries`, a stored stage of their own (a rerun loads them)."""
+        if self.train_digest_ is None:
+            raise RuntimeError("call prepare() before score()")
+        inputs = {"model": self.context.model_digest, "train": self.train_digest_, QUERY_INPUT: queries.digest}
+        stage = Stage("scores", self._arguments(), inputs)
+        tensors, _ = self._stage(stage, lambda: ({"scores": self._scores(queries).float()}, {}))
+        return tensors["scores"]
 
     def _quiet(self) -> contextlib.AbstractContextManager:
         """Silence a library's own progress bars (on stderr) unless progress was asked for."""
         return contextlib.nullcontext() if self.context.progress else contextlib.redirect_stderr(io.StringIO())
 
-    @contextlib.contextmanager
-    def _timed(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        yield
-        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started
-
 
 def require_library(module: str, install: str, method: str) -> None:
     """A StrideError that says how to install an optional library, instead of a bare ImportError."""
-    import importlib.util
-
     if importlib.util.find_spec(module) is None:
         raise StrideError(f"method {method!r} needs the {module!r} library: {install}")
-
-
-def require_prepared(value: Any) -> Any:
-    if value is None:
-        raise RuntimeError("call prepare() before score()")
-    return value
 
 
 def data_texts(data: TokenizedData) -> list[str]:

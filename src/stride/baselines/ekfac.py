@@ -19,36 +19,40 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import shutil
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from stride.baselines.common import (BaselineAttributor, check_choice, check_positive, parse_settings, require_library,
-                                     require_prepared)  # fmt: skip
+from stride.attributor import MethodContext
+from stride.baselines.common import BaselineAttributor, check_choice, check_positive, parse_settings, require_library
 from stride.errors import StrideError
 from stride.models import decoder_blocks
-from stride.registry import MethodContext, register
+from stride.store import Tensors
 from stride.tasks import Examples, batch_fields
 
 STRATEGIES = ("ekfac", "kfac", "diagonal", "identity")
+FACTORS = "factors"  # kronfluence's name of the fitted factors
 MODULE_SETS = ("blocks", "all")
 
 
 @dataclass
 class EkfacSettings:
     """Attributes:
-        strategy: kronfluence's curvature approximation ("ekfac" is the method's own).
-        damping_factor: damping of the inverse; kronfluence's default 1e-8. None lets kronfluence
-            use its heuristic of 0.1 x the mean eigenvalue.
-        use_empirical_fisher: fit the curvature with the data's own next tokens instead of tokens
-            sampled from the model (kronfluence's default is the true Fisher, sampled).
-        modules: "blocks" (linear layers inside the decoder blocks of a causal LM) or "all" (every
-            linear and 2-d convolution layer, the output head included; what classifiers use).
-        batch_size: examples per batch when fitting factors and computing scores.
+    strategy: kronfluence's curvature approximation ("ekfac" is the method's own).
+    damping_factor: damping of the inverse; kronfluence's default 1e-8. None lets kronfluence
+        use its heuristic of 0.1 x the mean eigenvalue.
+    use_empirical_fisher: fit the curvature with the data's own next tokens instead of tokens
+        sampled from the model (kronfluence's default is the true Fisher, sampled).
+    modules: "blocks" (linear layers inside the decoder blocks of a causal LM) or "all" (every
+        linear and 2-d convolution layer, the output head included; what classifiers use).
+    batch_size: examples per batch when fitting factors and computing scores.
     """
 
     strategy: str = "ekfac"
@@ -153,54 +157,71 @@ def _tracked_names(model: nn.Module, which: str) -> list[str] | None:
 
 
 class EkfacAttributor(BaselineAttributor):
+    """EK-FAC factors are one stage (kronfluence's own files kept in its folder); scores another."""
+
     name = "ekfac"
 
     def __init__(self, context: MethodContext, settings: EkfacSettings):
         super().__init__(context, settings)
         self.analyzer_: Any = None
+        self.factors_folder_: Path | None = None
         self.train_: _Examples | None = None
-        self._n_scored = 0
 
-    def prepare(self, train: Examples) -> None:
+    def _analyzer(self) -> Any:
+        """A kronfluence Analyzer whose factors and scores live in the factors stage's folder."""
         from kronfluence.analyzer import Analyzer, prepare_model
+
+        if self.analyzer_ is None:
+            model = linear_copy(self.context.model)
+            model.eval()
+            task = _task_class()(self.context.task, _tracked_names(model, self.config.modules), self.seed)
+            with self._quiet(), _library_warnings_off():
+                model = prepare_model(model, task)
+                self.analyzer_ = Analyzer(analysis_name="ekfac", model=model, task=task, cpu=True,
+                                          disable_tqdm=not self.context.progress, output_dir=str(self.factors_folder_),
+                                          log_level=logging.ERROR)  # fmt: skip
+        return self.analyzer_
+
+    def _prepare(self, train: Examples) -> None:
+        self.train_ = _Examples(train, "train")
+        stage = self._training_stage("ekfac_factors", train)
+        self.factors_folder_ = self.store.folder(stage)
+        self._stage(stage, self._fit_factors)
+
+    def _fit_factors(self) -> tuple[Tensors, dict[str, Any]]:
         from kronfluence.arguments import FactorArguments
         from kronfluence.utils.dataset import DataLoaderKwargs
 
         config = self.config
-        model = linear_copy(self.context.model)
-        model.eval()
-        task = _task_class()(self.context.task, _tracked_names(model, config.modules), self.seed)
-        self.train_ = _Examples(train, "train")
-        with self._timed("fit_factors"), self._quiet(), _library_warnings_off():
-            model = prepare_model(model, task)
-            self.analyzer_ = Analyzer(analysis_name="ekfac", model=model, task=task, cpu=True,
-                                      disable_tqdm=not self.context.progress, output_dir=str(self._library_folder("kronfluence")),
-                                      log_level=logging.ERROR)  # fmt: skip
-            self.analyzer_.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=_Collate(self.train_)))
+        analyzer = self._analyzer()
+        with self._quiet(), _library_warnings_off():
+            analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=_Collate(self.train_)))
             torch.manual_seed(self.seed)
-            self.analyzer_.fit_all_factors(
-                factors_name="factors", dataset=self.train_, per_device_batch_size=config.batch_size,
+            analyzer.fit_all_factors(
+                factors_name=FACTORS, dataset=self.train_, per_device_batch_size=config.batch_size,
                 factor_args=FactorArguments(strategy=config.strategy, use_empirical_fisher=config.use_empirical_fisher),
                 overwrite_output_dir=True,
             )  # fmt: skip
+        return {}, {}
 
-    def score(self, queries: Examples) -> torch.Tensor:
+    def _scores(self, queries: Examples) -> torch.Tensor:
         from kronfluence.arguments import ScoreArguments
         from kronfluence.utils.dataset import DataLoaderKwargs
 
-        analyzer = require_prepared(self.analyzer_)
-        name = f"scores_{self._n_scored}"
-        self._n_scored += 1
+        analyzer = self._analyzer()
+        name = f"scores_{queries.digest[:16]}"
         query_set = _Examples(queries, "queries")
-        with self._timed("score"), self._quiet(), _library_warnings_off():
+        with self._quiet(), _library_warnings_off():
             analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=_Collate(query_set, self.train_)))
             analyzer.compute_pairwise_scores(
-                scores_name=name, factors_name="factors", query_dataset=query_set,
+                scores_name=name, factors_name=FACTORS, query_dataset=query_set,
                 train_dataset=self.train_, per_device_query_batch_size=self.config.batch_size,
                 per_device_train_batch_size=self.config.batch_size,
                 score_args=ScoreArguments(damping_factor=self.config.damping_factor), overwrite_output_dir=True,
             )  # fmt: skip
             scores = analyzer.load_pairwise_scores(name)["all_modules"]
+        # the run store keeps the scores; kronfluence's copy would only travel with the factors stage
+        shutil.rmtree(analyzer.scores_output_dir(name), ignore_errors=True)
         return scores.float().contiguous()
 
 
@@ -212,8 +233,11 @@ def _library_warnings_off() -> Iterator[None]:
         yield
 
 
-@register("ekfac")
-def _create(context: MethodContext) -> EkfacAttributor:
-    require_library("kronfluence", "pip install --no-deps kronfluence==1.0.1 and pip install einops einconv opt-einsum "
-                    "accelerate (a plain install of kronfluence pulls a CUDA build of torch)", "ekfac")
+def create(context: MethodContext) -> EkfacAttributor:
+    require_library(
+        "kronfluence",
+        "pip install --no-deps kronfluence==1.0.1 and pip install einops einconv opt-einsum "
+        "accelerate (a plain install of kronfluence pulls a CUDA build of torch)",
+        "ekfac",
+    )
     return EkfacAttributor(context, parse_settings(EkfacSettings, context.settings, "ekfac"))

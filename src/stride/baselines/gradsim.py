@@ -15,23 +15,31 @@ from dataclasses import dataclass, field
 
 import torch
 
-from stride.baselines.common import (BaselineAttributor, Checkpoint, check_checkpoint_settings, check_choice,
-                                     check_positive, load_checkpoints, parse_settings, require_prepared)  # fmt: skip
-from stride.baselines.gradients import PROJECTIONS, GradientProjector, parameter_sizes, projected_gradients
-from stride.registry import MethodContext, register
+from stride.attributor import MethodContext
+from stride.baselines.common import (
+    check_checkpoint_settings,
+    check_choice,
+    check_positive,
+    load_checkpoints,
+    parse_settings,  # fmt: skip
+)
+from stride.baselines.gradients import projected_gradients
+from stride.baselines.inner_product import FEATURES, InnerProductAttributor, Part
+from stride.core.sketch import PROJECTIONS, GradientProjector, parameter_sizes
+from stride.store import Tensors
 from stride.tasks import Examples
 
 
 @dataclass
 class GradSimSettings:
     """Attributes:
-        proj_dim: dimension of the projected gradients. 4096 keeps the relative error of a projected
-            inner product near 1/sqrt(4096) = 1.6% of the norms' product, at 16 KiB per example.
-        projection: "sjlt" (sparse, O(n_params) per example) or "gaussian" (dense).
-        batch_size: examples per vmap'ed gradient batch (memory: batch_size x n_params floats).
-        checkpoints: further model folders (same tokenizer) whose scores are added (TracIn).
-        include_model: also use the attributed model itself.
-        checkpoint_weights: one weight per model used (e.g. learning rates); default all 1.
+    proj_dim: dimension of the projected gradients. 4096 keeps the relative error of a projected
+        inner product near 1/sqrt(4096) = 1.6% of the norms' product, at 16 KiB per example.
+    projection: "sjlt" (sparse, O(n_params) per example) or "gaussian" (dense).
+    batch_size: examples per vmap'ed gradient batch (memory: batch_size x n_params floats).
+    checkpoints: further model folders (same tokenizer) whose scores are added (TracIn).
+    include_model: also use the attributed model itself.
+    checkpoint_weights: one weight per model used (e.g. learning rates); default all 1.
     """
 
     proj_dim: int = 4096
@@ -47,52 +55,40 @@ class GradSimSettings:
         check_checkpoint_settings(self.checkpoints, self.checkpoint_weights)
 
 
-class GradSimAttributor(BaselineAttributor):
-    """Projected per-example gradient dot products (`normalize=False`) or cosines (`normalize=True`)."""
+class GradSimAttributor(InnerProductAttributor):
+    """Projected per-example gradient dot products (`normalize=False`) or cosines (`normalize=True`),
+    one part per checkpoint."""
 
     def __init__(self, context: MethodContext, settings: GradSimSettings, normalize: bool):
         super().__init__(context, settings)
         self.name = "gradcos" if normalize else "graddot"
         self.normalize = normalize
-        self.checkpoints_: list[Checkpoint] = []
         self.projector_: GradientProjector | None = None
-        self.train_: list[torch.Tensor] | None = None
 
-    def _features(self, checkpoint: Checkpoint, data: Examples, query: bool) -> torch.Tensor:
-        features = projected_gradients(checkpoint.model, data, self.projector_, self.config.batch_size,
-                                       self.context.task, query)  # fmt: skip
-        if self.normalize:
-            features = torch.nn.functional.normalize(features, dim=1)
-        return features
-
-    def prepare(self, train: Examples) -> None:
+    def _parts(self) -> list[Part]:
         config = self.config
-        self.checkpoints_ = load_checkpoints(self.context, config.checkpoints, config.include_model,
-                                             config.checkpoint_weights)  # fmt: skip
-        self.projector_ = GradientProjector(parameter_sizes(self.checkpoints_[0].model), config.proj_dim, self.seed,
+        checkpoints = load_checkpoints(
+            self.context, config.checkpoints, config.include_model, config.checkpoint_weights
+        )
+        self.projector_ = GradientProjector(parameter_sizes(checkpoints[0].model), config.proj_dim, self.seed,
                                             config.projection)  # fmt: skip
-        self.train_ = []
-        for position, checkpoint in enumerate(self.checkpoints_):
-            args = {"model": checkpoint.digest, "train": train.digest, "proj_dim": config.proj_dim,
-                    "projection": config.projection, "seed": self.seed, "normalize": self.normalize}  # fmt: skip
-            stored = self._stage(f"train_gradients_{position}", args,
-                                 lambda: {"features": self._features(checkpoint, train, query=False)})  # fmt: skip
-            self.train_.append(stored["features"])
+        return [Part(checkpoint.label, checkpoint.digest, checkpoint.weight, checkpoint) for checkpoint in checkpoints]
 
-    def score(self, queries: Examples) -> torch.Tensor:
-        train = require_prepared(self.train_)
-        scores = torch.zeros(len(queries), train[0].shape[0])
-        with self._timed("score"):
-            for checkpoint, features in zip(self.checkpoints_, train):
-                scores += checkpoint.weight * (self._features(checkpoint, queries, query=True) @ features.T)
-        return scores.float()
+    def _features(self, part: Part, data: Examples, query: bool) -> torch.Tensor:
+        features = projected_gradients(part.source.model, data, self.projector_, self.config.batch_size,
+                                       self.context.task, query)  # fmt: skip
+        return torch.nn.functional.normalize(features, dim=1) if self.normalize else features
+
+    def train_features(self, part: Part, train: Examples) -> Tensors:
+        return {FEATURES: self._features(part, train, query=False)}
+
+    def query_features(self, part: Part, queries: Examples) -> torch.Tensor:
+        return self._features(part, queries, query=True)
 
 
-@register("graddot")
-def _create_dot(context: MethodContext) -> GradSimAttributor:
+def create_graddot(context: MethodContext) -> GradSimAttributor:
     return GradSimAttributor(context, parse_settings(GradSimSettings, context.settings, "graddot"), normalize=False)
 
 
-@register("gradcos")
-def _create_cos(context: MethodContext) -> GradSimAttributor:
+def create_gradcos(context: MethodContext) -> GradSimAttributor:
     return GradSimAttributor(context, parse_settings(GradSimSettings, context.settings, "gradcos"), normalize=True)

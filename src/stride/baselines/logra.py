@@ -26,13 +26,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from stride.baselines.common import (BaselineAttributor, check_choice, check_positive, index_batches, parse_settings,
-                                     require_prepared)  # fmt: skip
+from stride.attributor import MethodContext
+from stride.baselines.common import check_choice, check_positive, parse_settings
+from stride.baselines.inner_product import FEATURES, InnerProductAttributor, Part
+from stride.core.batching import index_batches
 from stride.data import TokenizedData
 from stride.errors import StrideError
 from stride.losses import sequence_losses
 from stride.models import decoder_blocks
-from stride.registry import MethodContext, register
+from stride.store import Tensors
 
 MODULE_SETS = ("blocks", "all")
 
@@ -40,11 +42,11 @@ MODULE_SETS = ("blocks", "all")
 @dataclass
 class LograSettings:
     """Attributes:
-        rank: projection rank per side (input and output gradient); the paper's default is 64,
-            so a layer's projected gradient has up to 64 x 64 = 4096 numbers.
-        damping_ratio: lambda_l = damping_ratio x mean eigenvalue of layer l's projected Fisher.
-        modules: "blocks" (linear layers inside the decoder blocks) or "all" (also the output head).
-        batch_size: examples per forward/backward pass.
+    rank: projection rank per side (input and output gradient); the paper's default is 64,
+        so a layer's projected gradient has up to 64 x 64 = 4096 numbers.
+    damping_ratio: lambda_l = damping_ratio x mean eigenvalue of layer l's projected Fisher.
+    modules: "blocks" (linear layers inside the decoder blocks) or "all" (also the output head).
+    batch_size: examples per forward/backward pass.
     """
 
     rank: int = 64
@@ -163,51 +165,36 @@ def preconditioned(features: torch.Tensor, damping_ratio: float) -> tuple[torch.
     return (scaled @ vh).float(), damping
 
 
-class LograAttributor(BaselineAttributor):
+class LograAttributor(InnerProductAttributor):
+    """Preconditioned projected training gradients against raw projected query gradients."""
+
     name = "logra"
 
     def __init__(self, context: MethodContext, settings: LograSettings):
         super().__init__(context, settings)
-        self.layers_: dict[str, nn.Module] = {}
-        self.projector_: KroneckerProjector | None = None
-        self.train_: torch.Tensor | None = None
-        self.dampings_: dict[str, float] = {}
+        self.layers_ = tracked_layers(context.model, settings.modules)
+        self.projector_ = KroneckerProjector(self.layers_, settings.rank, self.seed)
 
     def settings(self) -> dict[str, Any]:
-        shapes = self.projector_.shapes if self.projector_ is not None else {}
-        return {**super().settings(), "projected_shapes": {n: list(s) for n, s in shapes.items()},
-                "dampings": self.dampings_}
+        dampings = self.train_["model"]["dampings"].tolist() if self.train_ else []
+        return {**super().settings(), "projected_shapes": {n: list(s) for n, s in self.projector_.shapes.items()},
+                "dampings": dict(zip(self.layers_, dampings))}  # fmt: skip
 
     def _gradients(self, data: TokenizedData) -> dict[str, torch.Tensor]:
         model, batch_size = self.context.model, self.config.batch_size
         return projected_layer_gradients(model, self.layers_, self.projector_, data, batch_size)
 
-    def prepare(self, train: TokenizedData) -> None:
-        config = self.config
-        self.layers_ = tracked_layers(self.context.model, config.modules)
-        self.projector_ = KroneckerProjector(self.layers_, config.rank, self.seed)
-        args = {"model": self.context.model_digest, "train": train.digest, "rank": config.rank,
-                "damping_ratio": config.damping_ratio, "modules": config.modules, "seed": self.seed}  # fmt: skip
+    def train_features(self, part: Part, train: TokenizedData) -> Tensors:
+        parts, dampings = [], []
+        for features in self._gradients(train).values():
+            part_features, damping = preconditioned(features, self.config.damping_ratio)
+            parts.append(part_features)
+            dampings.append(damping)
+        return {FEATURES: torch.cat(parts, dim=1), "dampings": torch.tensor(dampings)}
 
-        def fit() -> dict[str, torch.Tensor]:
-            grads = self._gradients(train)
-            parts = []
-            for name, features in grads.items():
-                part, self.dampings_[name] = preconditioned(features, config.damping_ratio)
-                parts.append(part)
-            return {"preconditioned": torch.cat(parts, dim=1), "dampings": torch.tensor(list(self.dampings_.values()))}
-
-        stored = self._stage("train_features", args, fit)
-        self.train_ = stored["preconditioned"]
-        self.dampings_ = dict(zip(self.layers_, stored["dampings"].tolist()))
-
-    def score(self, queries: TokenizedData) -> torch.Tensor:
-        train = require_prepared(self.train_)
-        with self._timed("score"):
-            query = torch.cat(list(self._gradients(queries).values()), dim=1)
-            return (query @ train.T).float()
+    def query_features(self, part: Part, queries: TokenizedData) -> torch.Tensor:
+        return torch.cat(list(self._gradients(queries).values()), dim=1)
 
 
-@register("logra")
-def _create(context: MethodContext) -> LograAttributor:
+def create(context: MethodContext) -> LograAttributor:
     return LograAttributor(context, parse_settings(LograSettings, context.settings, "logra"))

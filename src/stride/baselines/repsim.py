@@ -12,17 +12,20 @@ from dataclasses import dataclass
 
 import torch
 
-from stride.baselines.common import BaselineAttributor, check_positive, index_batches, parse_settings, require_prepared
-from stride.registry import MethodContext, register
+from stride.attributor import MethodContext
+from stride.baselines.common import check_positive, parse_settings
+from stride.baselines.inner_product import FEATURES, InnerProductAttributor, Part
+from stride.core.batching import index_batches
+from stride.store import Tensors
 from stride.tasks import Examples
 
 
 @dataclass
 class RepSimSettings:
     """Attributes:
-        batch_size: examples per forward pass.
-        layer: causal LMs: index into the model's `hidden_states` (-1 = the last layer, 0 = the
-            embeddings); classifiers: -1 (the penultimate features) or a module name (its output).
+    batch_size: examples per forward pass.
+    layer: causal LMs: index into the model's `hidden_states` (-1 = the last layer, 0 = the
+        embeddings); classifiers: -1 (the penultimate features) or a module name (its output).
     """
 
     batch_size: int = 32
@@ -32,12 +35,8 @@ class RepSimSettings:
         check_positive(self, "batch_size")
 
 
-class RepSimAttributor(BaselineAttributor):
+class RepSimAttributor(InnerProductAttributor):
     name = "repsim"
-
-    def __init__(self, context: MethodContext, settings: RepSimSettings):
-        super().__init__(context, settings)
-        self.train_: torch.Tensor | None = None
 
     @torch.no_grad()
     def representations(self, data: Examples) -> torch.Tensor:
@@ -47,17 +46,12 @@ class RepSimAttributor(BaselineAttributor):
                 for indices in index_batches(len(data), self.config.batch_size)]  # fmt: skip
         return torch.nn.functional.normalize(torch.cat(rows).float(), dim=1)
 
-    def prepare(self, train: Examples) -> None:
-        args = {"model": self.context.model_digest, "train": train.digest, "layer": self.config.layer}
-        stored = self._stage("train_representations", args, lambda: {"representations": self.representations(train)})
-        self.train_ = stored["representations"]
+    def train_features(self, part: Part, train: Examples) -> Tensors:
+        return {FEATURES: self.representations(train)}
 
-    def score(self, queries: Examples) -> torch.Tensor:
-        train = require_prepared(self.train_)
-        with self._timed("score"):
-            return (self.representations(queries) @ train.T).float()
+    def query_features(self, part: Part, queries: Examples) -> torch.Tensor:
+        return self.representations(queries)
 
 
-@register("repsim")
-def _create(context: MethodContext) -> RepSimAttributor:
+def create(context: MethodContext) -> RepSimAttributor:
     return RepSimAttributor(context, parse_settings(RepSimSettings, context.settings, "repsim"))

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from stride.baselines.common import BaselineAttributor, check_positive, data_texts, parse_settings, require_prepared
+from stride.attributor import MethodContext
+from stride.baselines.common import BaselineAttributor, check_positive, data_texts, parse_settings
 from stride.data import TokenizedData
-from stride.registry import MethodContext, register
 
 
 @dataclass
@@ -43,7 +43,7 @@ class TfidfAttributor(BaselineAttributor):
         self.vectorizer_: Any = None
         self.train_matrix_: Any = None
 
-    def prepare(self, train: TokenizedData) -> None:
+    def _prepare(self, train: TokenizedData) -> None:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         with self._timed("fit"):
@@ -53,14 +53,11 @@ class TfidfAttributor(BaselineAttributor):
             )  # fmt: skip
             self.train_matrix_ = self.vectorizer_.fit_transform(data_texts(train))
 
-    def score(self, queries: TokenizedData) -> torch.Tensor:
-        require_prepared(self.vectorizer_)
-        with self._timed("score"):
-            query_matrix = self.vectorizer_.transform(data_texts(queries))
-            scores = (query_matrix @ self.train_matrix_.T).toarray()
+    def _scores(self, queries: TokenizedData) -> torch.Tensor:
+        query_matrix = self.vectorizer_.transform(data_texts(queries))
+        scores = (query_matrix @ self.train_matrix_.T).toarray()
         return torch.as_tensor(scores, dtype=torch.float32)
 
 
-@register("tfidf")
-def _create(context: MethodContext) -> TfidfAttributor:
+def create(context: MethodContext) -> TfidfAttributor:
     return TfidfAttributor(context, parse_settings(TfidfSettings, context.settings, "tfidf"))

@@ -30,21 +30,30 @@ import copy
 import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from stride.baselines.common import (BaselineAttributor, Checkpoint, check_checkpoint_settings, check_choice,
-                                     check_positive, index_batches, load_checkpoints, parse_settings,
-                                     require_library, require_prepared)  # fmt: skip
-from stride.baselines.gradients import GradientProjector, parameter_sizes
+from stride.attributor import MethodContext
+from stride.baselines.common import (
+    BaselineAttributor,
+    Checkpoint,
+    check_checkpoint_settings,
+    check_choice,
+    check_positive,  # fmt: skip
+    load_checkpoints,
+    parse_settings,
+    require_library,
+)
+from stride.core.batching import index_batches
+from stride.core.sketch import PROJECTIONS, GradientProjector, parameter_sizes
 from stride.errors import StrideError
-from stride.registry import MethodContext, register
+from stride.store import Tensors
 from stride.tasks import Examples, Task
 
 OUTPUTS = ("loss", "margin")
-PROJECTIONS = ("sjlt", "gaussian")
 
 
 def _sparse_projector(sizes: dict[str, int], proj_dim: int, seed: int) -> Any:
@@ -71,23 +80,23 @@ def _sparse_projector(sizes: dict[str, int], proj_dim: int, seed: int) -> Any:
 @dataclass
 class TrakSettings:
     """Attributes:
-        proj_dim: dimension k of the TRAK features; 2048 is TRAKer's default and the authors'
-            recommendation for most models (raise it for larger models and training sets).
-        output: the linearised model output, "loss" or "margin" (see the module docstring).
-        lambda_reg: ridge term added to Phi^T Phi; None means lambda_ratio x its mean eigenvalue.
-        lambda_ratio: the factor of that rule (0.1).
-        projection: "sjlt" (default): a sparse Johnson-Lindenstrauss transform (count sketch, one
-            per checkpoint, as TRAK uses one projection per model), O(n_params) per example;
-            "gaussian": TRAKer's own CPU projector with a dense N(0, 1) matrix, regenerated block
-            by block for every batch (equally valid, many times slower on CPU: 1.1 min per
-            checkpoint here against seconds). Both are JL transforms, which is all TRAK assumes.
-        projection_block: columns of the Gaussian matrix generated at once (at least two blocks
-            are always used).
-        batch_size: examples per vmap'ed gradient batch. TRAKer's CPU projector regenerates the
-            whole projection matrix for every batch, so its cost grows with the number of
-            batches: 128 (memory 128 x n_params floats) was 8x faster than 16 on the benchmark.
-        checkpoints: further model folders (same architecture and tokenizer): TRAK's ensemble.
-        include_model: also use the attributed model itself.
+    proj_dim: dimension k of the TRAK features; 2048 is TRAKer's default and the authors'
+        recommendation for most models (raise it for larger models and training sets).
+    output: the linearised model output, "loss" or "margin" (see the module docstring).
+    lambda_reg: ridge term added to Phi^T Phi; None means lambda_ratio x its mean eigenvalue.
+    lambda_ratio: the factor of that rule (0.1).
+    projection: "sjlt" (default): a sparse Johnson-Lindenstrauss transform (count sketch, one
+        per checkpoint, as TRAK uses one projection per model), O(n_params) per example;
+        "gaussian": TRAKer's own CPU projector with a dense N(0, 1) matrix, regenerated block
+        by block for every batch (equally valid, many times slower on CPU: 1.1 min per
+        checkpoint here against seconds). Both are JL transforms, which is all TRAK assumes.
+    projection_block: columns of the Gaussian matrix generated at once (at least two blocks
+        are always used).
+    batch_size: examples per vmap'ed gradient batch. TRAKer's CPU projector regenerates the
+        whole projection matrix for every batch, so its cost grows with the number of
+        batches: 128 (memory 128 x n_params floats) was 8x faster than 16 on the benchmark.
+    checkpoints: further model folders (same architecture and tokenizer): TRAK's ensemble.
+    include_model: also use the attributed model itself.
     """
 
     proj_dim: int = 2048
@@ -145,51 +154,66 @@ def _model_output_class() -> type:
 
 
 class TrakAttributor(BaselineAttributor):
+    """TRAK's features are one stage (traker's own files kept in its folder); scores another."""
+
     name = "trak"
 
     def __init__(self, context: MethodContext, settings: TrakSettings):
         super().__init__(context, settings)
         self.traker_: Any = None
+        self.features_folder_: Path | None = None
         self.checkpoints_: list[Checkpoint] = []
         self.lambdas_: list[float] = []
-        self._n_scored = 0
+        self.n_train_ = 0
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "lambda_used": self.lambdas_}
 
-    def prepare(self, train: Examples) -> None:
+    def _traker(self, folder: Path, train_size: int) -> Any:
+        """A TRAKer on `folder`: empty, to featurize; or holding finalized features, to score."""
         from trak import TRAKer
         from trak.projectors import BasicProjector, ProjectionType
 
         config = self.config
-        self.checkpoints_ = load_checkpoints(self.context, config.checkpoints, config.include_model)
-        task = self.context.task
         model = copy.deepcopy(self.checkpoints_[0].model)
         if hasattr(model, "config"):  # a Hugging Face model: GPT-2's padding check cannot be traced by vmap
             model.config.pad_token_id = None
         if hasattr(model, "set_attn_implementation"):
             model.set_attn_implementation("eager")
-        n_params = sum(p.numel() for p in model.parameters())
         if config.projection == "sjlt":
             projector = _sparse_projector(parameter_sizes(model), config.proj_dim, self.seed)
         else:
+            n_params = sum(p.numel() for p in model.parameters())
             block = min(config.projection_block, math.ceil(config.proj_dim / 2))  # >= 2 blocks
             projector = BasicProjector(grad_dim=n_params, proj_dim=config.proj_dim, seed=self.seed,
                                        proj_type=ProjectionType.normal, device="cpu", block_size=block)  # fmt: skip
-        with self._timed("featurize"):
-            self.traker_ = TRAKer(
-                model=model, task=_model_output_class()(task, config.output), train_set_size=len(train),
-                save_dir=str(self._library_folder("trak")), load_from_save_dir=True, device="cpu", projector=projector,
-                proj_dim=config.proj_dim, use_half_precision=False, logging_level=logging.ERROR,
-                projector_seed=self.seed,
-            )  # fmt: skip
-            for model_id, checkpoint in enumerate(self.checkpoints_):
-                self.traker_.load_checkpoint(checkpoint.model.state_dict(), model_id=model_id)
-                for indices in index_batches(len(train), config.batch_size):
-                    batch = train.batch(indices)
-                    self.traker_.featurize(batch=task.fields(batch), inds=np.asarray(indices))
-        with self._timed("finalize_features"), self._quiet():
-            self.lambdas_ = []
+        return TRAKer(
+            model=model, task=_model_output_class()(self.context.task, config.output), train_set_size=train_size,
+            save_dir=str(folder), load_from_save_dir=True, device="cpu", projector=projector,
+            proj_dim=config.proj_dim, use_half_precision=False, logging_level=logging.ERROR, projector_seed=self.seed,
+        )  # fmt: skip
+
+    def _prepare(self, train: Examples) -> None:
+        config = self.config
+        self.checkpoints_ = load_checkpoints(self.context, config.checkpoints, config.include_model)
+        digests = {f"checkpoint {position}": c.digest for position, c in enumerate(self.checkpoints_)}
+        stage = self._training_stage("trak_features", train, **digests)
+        self.features_folder_ = self.store.folder(stage)
+        self.n_train_ = len(train)
+        tensors, _ = self._stage(stage, lambda: self._featurize(train))
+        self.lambdas_ = tensors["lambdas"].tolist()
+
+    def _featurize(self, train: Examples) -> tuple[Tensors, dict[str, Any]]:
+        """Projected gradients of every checkpoint, then TRAK's features Phi (Phi^T Phi + lambda I)^-1."""
+        config, task = self.config, self.context.task
+        self.traker_ = self._traker(self.features_folder_, len(train))
+        for model_id, checkpoint in enumerate(self.checkpoints_):
+            self.traker_.load_checkpoint(checkpoint.model.state_dict(), model_id=model_id)
+            for indices in index_batches(len(train), config.batch_size):
+                batch = train.batch(indices)
+                self.traker_.featurize(batch=task.fields(batch), inds=np.asarray(indices))
+        lambdas = []
+        with self._quiet():
             for model_id in range(len(self.checkpoints_)):
                 self.traker_.saver.load_current_store(model_id)
                 grads = torch.as_tensor(np.asarray(self.traker_.saver.current_store["grads"]), dtype=torch.float64)
@@ -197,7 +221,7 @@ class TrakAttributor(BaselineAttributor):
                     lam = config.lambda_ratio * float(grads.pow(2).sum()) / config.proj_dim  # trace / k
                 else:
                     lam = float(config.lambda_reg)
-                self.lambdas_.append(lam)
+                lambdas.append(lam)
                 self.traker_.score_computer.lambda_reg = lam
                 projector = self.traker_.projector
                 if not getattr(projector, "proj_matrix_available", True):
@@ -205,24 +229,23 @@ class TrakAttributor(BaselineAttributor):
                     # fails the second time; a placeholder lets it run (projection regenerates the blocks)
                     projector.proj_matrix = torch.empty(0)
                 self.traker_.finalize_features(model_ids=[model_id])
+        return {"lambdas": torch.tensor(lambdas, dtype=torch.float64)}, {}
 
-    def score(self, queries: Examples) -> torch.Tensor:
-        traker = require_prepared(self.traker_)
-        experiment = f"queries_{self._n_scored}"
-        self._n_scored += 1
-        with self._timed("score"):
-            for model_id, checkpoint in enumerate(self.checkpoints_):
-                traker.start_scoring_checkpoint(experiment, checkpoint.model.state_dict(), model_id=model_id,
-                                                num_targets=len(queries))  # fmt: skip
-                for indices in index_batches(len(queries), self.config.batch_size):
-                    batch = queries.batch(indices)
-                    traker.score(batch=self.context.task.fields(batch), inds=np.asarray(indices))
-            with self._quiet():
-                scores = traker.finalize_scores(exp_name=experiment)
+    def _scores(self, queries: Examples) -> torch.Tensor:
+        if self.traker_ is None:  # the features were loaded from the run folder
+            self.traker_ = self._traker(self.features_folder_, self.n_train_)
+        experiment = f"queries_{queries.digest[:16]}"
+        for model_id, checkpoint in enumerate(self.checkpoints_):
+            self.traker_.start_scoring_checkpoint(experiment, checkpoint.model.state_dict(), model_id=model_id,
+                                                  num_targets=len(queries))  # fmt: skip
+            for indices in index_batches(len(queries), self.config.batch_size):
+                batch = queries.batch(indices)
+                self.traker_.score(batch=self.context.task.fields(batch), inds=np.asarray(indices))
+        with self._quiet():
+            scores = self.traker_.finalize_scores(exp_name=experiment)
         return torch.as_tensor(np.array(scores, dtype=np.float32)).T.contiguous()
 
 
-@register("trak")
-def _create(context: MethodContext) -> TrakAttributor:
+def create(context: MethodContext) -> TrakAttributor:
     require_library("trak", "pip install traker==0.3.2", "trak")
     return TrakAttributor(context, parse_settings(TrakSettings, context.settings, "trak"))

@@ -5,19 +5,23 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from stride.attributor import MethodContext
 from stride.classifiers.data import ClassifierData, check_labels, classifier_data
 from stride.classifiers.task import ClassifierTask
 from stride.config import StrideConfig
+from stride.core.digest import module_digest
+from stride.core.jsonio import write_json
 from stride.errors import StrideError
-from stride.registry import MethodContext, create_attributor
-from stride.store import RunStore, module_digest, write_json
+from stride.registry import create_attributor
+from stride.store import RunStore
 
 METHODS = ("stride", "trak", "ekfac", "graddot", "gradcos", "repsim")
 ENSEMBLE_METHODS = ("trak", "graddot", "gradcos")
@@ -127,7 +131,7 @@ def attribute_classifier(
         config = classifier_config(len(train), **(config or {}))
     config = dataclasses.replace(config, **({"layer": layer} if layer else {}))
     config.validate(len(train) if method == "stride" else None)
-    store = RunStore(out_dir, overwrite=overwrite) if out_dir is not None else None
+    store = RunStore(out_dir, overwrite=overwrite)
     context = MethodContext(model, None, seed, store, module_digest(model), progress, config,
                             _method_settings(method, method_settings, layer, measurement), task, ensemble)  # fmt: skip
     attributor = create_attributor(method, context)
@@ -141,7 +145,7 @@ def attribute_classifier(
             "n_train": len(train), "n_queries": len(queries), "n_classes": n_classes,
             "n_checkpoints": len(ensemble), "model_parameters": sum(p.numel() for p in model.parameters()),
             "timings_seconds": {**attributor.timings, "total": time.perf_counter() - started},
-            "stages": getattr(attributor, "stage_info", {}),
+            "stages": attributor.stage_info,
         }  # fmt: skip
         save_file({"scores": scores}, str(Path(out_dir) / "scores.safetensors"))
         write_json(Path(out_dir) / "info.json", info)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from stride.core.digest import tensors_digest
 from stride.errors import StrideError
-from stride.store import tensors_digest
 
 
 @dataclass
@@ -52,7 +53,9 @@ def _stacked_pairs(dataset: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]
         inputs = torch.stack([torch.as_tensor(x) for x, _ in pairs])
         labels = torch.as_tensor([int(y) for _, y in pairs])
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise StrideError(f"{name}: without labels, the data must be a Dataset of (input, label) pairs ({exc})") from exc
+        raise StrideError(
+            f"{name}: without labels, the data must be a Dataset of (input, label) pairs ({exc})"
+        ) from exc
     return inputs, labels
 
 

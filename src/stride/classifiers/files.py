@@ -7,8 +7,8 @@ Weights and data are safetensors, `.npz` (read without pickle) or torch files of
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

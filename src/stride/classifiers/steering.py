@@ -11,15 +11,15 @@ so no block-by-block replay as for causal LMs). The module must run once per for
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from stride.classifiers.data import ClassifierBatch
 from stride.errors import StrideError
-from stride.method.operators import OperatorBank
 from stride.method.steering import BasePass, Steered
 from stride.tasks import Task
 
@@ -38,8 +38,8 @@ def default_place(model: nn.Module) -> str:
 class SteeredClassifier(Steered):
     """A frozen classifier, the steered place (see the module docstring) and a bank of operators."""
 
-    def __init__(self, model: nn.Module, layer: str | None, task: Task, bank: OperatorBank | None = None):
-        super().__init__(model, bank, task)
+    def __init__(self, model: nn.Module, layer: str | None, task: Task):
+        super().__init__(model, task)
         self.place = default_place(model) if layer is None else layer
         if not isinstance(self.place, str):
             raise StrideError(f"a classifier's layer must be a module name (or 'NAME:input'), got {layer!r}")

@@ -11,7 +11,6 @@ from stride.evaluation.lds import (
     predicted_outputs,
     seed_ceiling,
     spearman_brown,
-    spearman_columns,
 )
 from stride.evaluation.plots import plot_lds
 
@@ -24,5 +23,4 @@ __all__ = [
     "predicted_outputs",
     "seed_ceiling",
     "spearman_brown",
-    "spearman_columns",
 ]

@@ -20,22 +20,23 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from stride.core.digest import file_digest
+from stride.core.jsonio import to_json, write_json
 from stride.errors import StrideError
 from stride.evaluation.groundtruth import REGIMES, claim_folder, run_retrains
 from stride.evaluation.lds import bootstrap_ci
 from stride.lm_training import LMRecipe
-from stride.store import file_digest, to_json, write_json
 
 DEFAULT_KS = (10, 20, 50)
 
@@ -110,10 +111,6 @@ def random_removals(n_train: int, query_indices: Sequence[int], n_seeds: int, k_
     ])  # fmt: skip
 
 
-def _json_float(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
-
-
 @dataclass
 class CounterfactualReport:
     """Per k and selected query, the seed-mean increase of the query's loss over the full-data retrain.
@@ -135,7 +132,7 @@ class CounterfactualReport:
 
     def _summary(self, values: np.ndarray) -> dict[str, float | None]:
         low, high = bootstrap_ci(values, self.confidence, self.n_resamples, self.seed)
-        return {"mean": _json_float(float(np.mean(values))), "ci_low": _json_float(low), "ci_high": _json_float(high)}
+        return {"mean": float(np.mean(values)), "ci_low": low, "ci_high": high}
 
     def per_k(self) -> list[dict[str, Any]]:
         """Per k: mean increase with CI for top-k removal, random removal and their difference."""

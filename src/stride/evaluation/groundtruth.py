@@ -29,9 +29,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from stride.core.digest import file_digest
+from stride.core.jsonio import to_json, write_json
 from stride.errors import StrideError
 from stride.lm_training import LMRecipe
-from stride.store import file_digest, to_json, write_json
 
 REGIMES = ("finetune", "scratch")
 PROTOCOLS = ("keep", "leave-out")
@@ -184,7 +185,9 @@ def run_groundtruth(spec: GroundTruthSpec, out_dir: str | Path, workers: int = 2
         torch.stack([load_file(jobs[s * spec.n_subsets + j][3])["losses"] for j in range(spec.n_subsets)])
         for s in range(spec.n_seeds)
     ])  # fmt: skip
-    save_file({"losses": losses, "subsets": torch.as_tensor(subsets.astype(np.uint8))}, str(out_dir / "losses.safetensors"))
+    save_file(
+        {"losses": losses, "subsets": torch.as_tensor(subsets.astype(np.uint8))}, str(out_dir / "losses.safetensors")
+    )
     summary: dict[str, Any] = {
         "n_train": n_train, "n_queries": losses.shape[2], "n_subsets": spec.n_subsets, "n_seeds": spec.n_seeds,
         "retrains_this_call": len(todo), "seconds_this_call": time.perf_counter() - started,

@@ -28,7 +28,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
+
+from stride.core.jsonio import to_json
+from stride.core.ranks import spearman_columns
 
 __all__ = [
     "LDSReport",
@@ -38,7 +40,6 @@ __all__ = [
     "predicted_outputs",
     "seed_ceiling",
     "spearman_brown",
-    "spearman_columns",
 ]
 
 MIN_SUBSETS = 3
@@ -80,9 +81,7 @@ def _as_subsets(subsets: Any) -> np.ndarray:
     return arr.astype(bool)
 
 
-def _validate(
-    scores: Any, subsets: Any, losses: Any
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _validate(scores: Any, subsets: Any, losses: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validate and convert the three LDS inputs.
 
     Returns:
@@ -114,10 +113,7 @@ def _validate(
             f"{losses.shape[1]} (losses shape {losses.shape[1:]} per seed)"
         )
     if losses.shape[2] != nq:
-        raise ValueError(
-            f"n_queries mismatch: scores has {nq} queries but losses has "
-            f"{losses.shape[2]}"
-        )
+        raise ValueError(f"n_queries mismatch: scores has {nq} queries but losses has {losses.shape[2]}")
     if m < MIN_SUBSETS:
         raise ValueError(f"need at least {MIN_SUBSETS} subsets for LDS, got {m}")
     return scores, subsets, losses
@@ -146,57 +142,12 @@ def predicted_outputs(scores: np.ndarray, subsets: np.ndarray) -> np.ndarray:
     subsets = _as_subsets(subsets)
     if subsets.shape[1] != scores.shape[1]:
         raise ValueError(
-            f"n_train mismatch: scores has {scores.shape[1]} training examples "
-            f"but subsets has {subsets.shape[1]}"
+            f"n_train mismatch: scores has {scores.shape[1]} training examples but subsets has {subsets.shape[1]}"
         )
     return subsets.astype(np.float64) @ scores.T
 
 
-def spearman_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Column-wise Spearman rank correlation of two ``[m, k]`` arrays.
-
-    Ranks each column with average ranks for ties (as
-    :func:`scipy.stats.spearmanr` does) and takes the Pearson correlation of
-    the ranks. 1-D inputs are treated as a single column.
-
-    Args:
-        a: Array ``[m, k]``.
-        b: Array ``[m, k]``.
-
-    Returns:
-        Correlations ``[k]``; NaN where a column of ``a`` or ``b`` is constant
-        (exactly, including ``m < 2``) or contains NaN.
-
-    Raises:
-        ValueError: if the shapes differ or the arrays are more than 2-D.
-    """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"shape mismatch: a has shape {a.shape}, b has {b.shape}")
-    if a.ndim == 1:
-        a, b = a[:, None], b[:, None]
-    if a.ndim != 2:
-        raise ValueError(f"expected 1-D or 2-D arrays, got shape {a.shape}")
-    m, k = a.shape
-    if m == 0:
-        return np.full(k, np.nan)
-    ra = rankdata(a, axis=0)  # NaN in a column propagates to that column
-    rb = rankdata(b, axis=0)
-    ra = ra - ra.mean(axis=0)
-    rb = rb - rb.mean(axis=0)
-    num = np.sum(ra * rb, axis=0)
-    den = np.sqrt(np.sum(ra * ra, axis=0) * np.sum(rb * rb, axis=0))
-    constant = (np.ptp(a, axis=0) == 0) | (np.ptp(b, axis=0) == 0)
-    out = np.full(k, np.nan)
-    ok = ~constant & np.isfinite(den) & (den > 0)
-    out[ok] = np.clip(num[ok] / den[ok], -1.0, 1.0)
-    return out
-
-
-def lds_per_query(
-    scores: np.ndarray, subsets: np.ndarray, losses: np.ndarray
-) -> np.ndarray:
+def lds_per_query(scores: np.ndarray, subsets: np.ndarray, losses: np.ndarray) -> np.ndarray:
     """Per-query LDS: Spearman over subsets between ``g_j(x)`` and ``-f_j(x)``.
 
     Args:
@@ -290,12 +241,7 @@ def seed_ceiling(losses: np.ndarray) -> np.ndarray:
         raise ValueError(f"seed_ceiling needs at least 2 seeds, got {s}")
     if m < MIN_SUBSETS:
         raise ValueError(f"need at least {MIN_SUBSETS} subsets, got {m}")
-    per_pair = np.stack(
-        [
-            spearman_columns(losses[a], losses[b])
-            for a, b in itertools.combinations(range(s), 2)
-        ]
-    )
+    per_pair = np.stack([spearman_columns(losses[a], losses[b]) for a, b in itertools.combinations(range(s), 2)])
     return _nanmean_rows(per_pair)
 
 
@@ -337,14 +283,6 @@ def _nanmean(x: np.ndarray) -> float:
 # ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
-
-
-def _json_float(x: Any) -> float | None:
-    """Float for JSON output; NaN/inf/None become ``None``."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 @dataclass
@@ -395,19 +333,7 @@ class LDSReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (strict JSON: NaN/inf become ``None``)."""
-        out: dict[str, Any] = {}
-        for key, value in asdict(self).items():
-            if isinstance(value, np.ndarray) or isinstance(value, list):
-                out[key] = [_json_float(v) for v in np.asarray(value).ravel()]
-            elif isinstance(value, (bool, np.bool_)):
-                out[key] = bool(value)
-            elif isinstance(value, (int, np.integer)):
-                out[key] = int(value)
-            elif value is None or isinstance(value, (float, np.floating)):
-                out[key] = _json_float(value)
-            else:
-                out[key] = value
-        return out
+        return to_json(asdict(self))
 
 
 def evaluate_lds(

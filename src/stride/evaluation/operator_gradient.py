@@ -15,24 +15,26 @@ from dataclasses import dataclass, field
 
 import torch
 
-from stride.baselines.common import BaselineAttributor, check_choice, parse_settings, require_prepared
+from stride.attributor import MethodContext
+from stride.baselines.common import check_choice, parse_settings
+from stride.baselines.inner_product import FEATURES, InnerProductAttributor, Part
 from stride.config import FORMS
 from stride.errors import StrideError
 from stride.method.first_order import restricted_gradients
 from stride.method.steering import Steered
-from stride.registry import MethodContext, register
+from stride.store import Tensors
 from stride.tasks import Examples
 
 
 @dataclass
 class OperatorGradientSettings:
     """Attributes:
-        form: "logit" or "residual", as in StrideConfig.
-        layers: the steered places (decoder block indices for causal LMs); empty: the task's
-            default place, the one STRIDE steers by default.
-        rank: rank r of the basis B; 0 means no basis (B = identity, the full width of the place).
-        normalize: divide every feature vector by its norm first (cosine instead of dot product).
-        batch_size: examples per backward pass.
+    form: "logit" or "residual", as in StrideConfig.
+    layers: the steered places (decoder block indices for causal LMs); empty: the task's
+        default place, the one STRIDE steers by default.
+    rank: rank r of the basis B; 0 means no basis (B = identity, the full width of the place).
+    normalize: divide every feature vector by its norm first (cosine instead of dot product).
+    batch_size: examples per backward pass.
     """
 
     form: str = "logit"
@@ -51,7 +53,7 @@ class OperatorGradientSettings:
             raise StrideError(f"layers must be a list of steered places, got {self.layers!r}")
 
 
-class OperatorGradientAttributor(BaselineAttributor):
+class OperatorGradientAttributor(InnerProductAttributor):
     """Scores <g(query), g(example)> summed over the steered places (see the module docstring)."""
 
     name = "operator-grad"
@@ -60,36 +62,25 @@ class OperatorGradientAttributor(BaselineAttributor):
         super().__init__(context, settings)
         places = list(settings.layers) or [None]
         self.steered_ = [context.task.steered(context.model, place) for place in places]
-        self.train_: list[torch.Tensor] | None = None
 
     def settings(self) -> dict[str, object]:
         return {**super().settings(), "layers": [steered.location for steered in self.steered_]}
+
+    def _parts(self) -> list[Part]:
+        return [Part(str(steered.location), self.context.model_digest, source=steered) for steered in self.steered_]
 
     def _features(self, steered: Steered, data: Examples, query: bool) -> torch.Tensor:
         config = self.config
         features = restricted_gradients(steered, data, config.form, config.rank, self.seed, config.batch_size, query)
         return torch.nn.functional.normalize(features, dim=1) if config.normalize else features
 
-    def prepare(self, train: Examples) -> None:
-        self.train_ = []
-        for steered in self.steered_:
-            args = {"model": self.context.model_digest, "train": train.digest, "form": self.config.form,
-                    "layer": steered.location, "rank": self.config.rank, "normalize": self.config.normalize,
-                    "seed": self.seed, **self.context.task.settings()}  # fmt: skip
-            stored = self._stage(f"train_gradients_{steered.location}", args,
-                                 lambda: {"features": self._features(steered, train, query=False)})  # fmt: skip
-            self.train_.append(stored["features"])
+    def train_features(self, part: Part, train: Examples) -> Tensors:
+        return {FEATURES: self._features(part.source, train, query=False)}
 
-    def score(self, queries: Examples) -> torch.Tensor:
-        train = require_prepared(self.train_)
-        with self._timed("score"):
-            scores = torch.zeros(len(queries), len(train[0]))
-            for steered, features in zip(self.steered_, train):
-                scores += self._features(steered, queries, query=True) @ features.T
-        return scores
+    def query_features(self, part: Part, queries: Examples) -> torch.Tensor:
+        return self._features(part.source, queries, query=True)
 
 
-@register("operator-grad")
-def _create(context: MethodContext) -> OperatorGradientAttributor:
+def create(context: MethodContext) -> OperatorGradientAttributor:
     settings = parse_settings(OperatorGradientSettings, context.settings, "operator-grad")
     return OperatorGradientAttributor(context, settings)

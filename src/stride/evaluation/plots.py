@@ -70,10 +70,7 @@ def plot_lds(
     scores, subsets, losses = _validate(scores, subsets, losses)
     per_query = np.asarray(report.per_query, dtype=np.float64)
     if per_query.shape != (scores.shape[0],):
-        raise ValueError(
-            f"report has {per_query.size} per-query values but scores has "
-            f"{scores.shape[0]} queries"
-        )
+        raise ValueError(f"report has {per_query.size} per-query values but scores has {scores.shape[0]} queries")
     pred = subsets.astype(np.float64) @ scores.T
     target = -losses.mean(axis=0)
     examples = select_example_queries(per_query, n_examples)
@@ -102,16 +99,19 @@ def plot_lds(
     if np.isfinite(report.mean):
         ax.axvline(report.mean, color="C0", label=f"mean LDS = {report.mean:.3f}")
         if np.isfinite(report.ci_low) and np.isfinite(report.ci_high):
-            ax.axvspan(report.ci_low, report.ci_high, color="C0", alpha=0.2,
-                       label=f"{report.confidence:.0%} CI")
+            ax.axvspan(report.ci_low, report.ci_high, color="C0", alpha=0.2, label=f"{report.confidence:.0%} CI")
     if report.ceiling is not None and np.isfinite(report.ceiling):
-        ax.axvline(report.ceiling, color="C3", linestyle="--",
-                   label=f"seed-vs-seed ceiling, 1 seed = {report.ceiling:.3f}")
+        ax.axvline(
+            report.ceiling, color="C3", linestyle="--", label=f"seed-vs-seed ceiling, 1 seed = {report.ceiling:.3f}"
+        )
     approx = report.ceiling_mean_seeds_approx
     if approx is not None and np.isfinite(approx):
-        ax.axvline(approx, color="C3", linestyle=":",
-                   label=f"ceiling vs {report.n_seeds}-seed mean "
-                   f"(Spearman-Brown approx.) = {approx:.3f}")
+        ax.axvline(
+            approx,
+            color="C3",
+            linestyle=":",
+            label=f"ceiling vs {report.n_seeds}-seed mean (Spearman-Brown approx.) = {approx:.3f}",
+        )
     ax.set_xlabel("per-query LDS")
     ax.set_ylabel("queries")
     ax.set_title(

@@ -9,7 +9,6 @@ run killed while training operators resumes from its last checkpoint.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from stride.attributor import Attributor
+from stride.attributor import Attributor, MethodContext
 from stride.config import StrideConfig
 from stride.errors import StrideError
 from stride.method.first_order import restricted_gradients
@@ -26,18 +25,17 @@ from stride.method.measure import query_responses
 from stride.method.membership import example_subsets, membership_matrix, subset_sizes
 from stride.method.operators import LOGIT, OperatorBank
 from stride.method.recover import CV_LAMBDAS, CV_SPAN, cross_validated_lambda, lasso_scores, standardize
+from stride.method.stages import (
+    FirstOrderArguments,
+    MembershipArguments,
+    OperatorArguments,
+    RecoveryArguments,
+    from_config,  # fmt: skip
+)
 from stride.method.train import OperatorTrainer
-from stride.registry import MethodContext, register
 from stride.reproducibility import deterministic_algorithms
-from stride.store import RunStore
+from stride.store import QUERY_INPUT, RunStore, Stage, StageOutput
 from stride.tasks import CausalLMTask, Examples, Task
-
-TRAINING_FIELDS = (
-    "form", "rank", "n_subsets", "subsets_per_example", "epochs", "batch_size", "length_grouping", "learning_rate",
-    "stability_weight", "stability_fraction", "linearity_weight", "linearity_sketch_dim",
-    "linearity_ridge", "linearity_every",
-)  # fmt: skip
-
 
 FIRST_ORDER_RANK = 64  # basis rank of the first-order features (restricted-gradient LDS: 0.43 vs 0.44 at full width)
 DESIGN_SEED_STRIDE = 1_000_003  # seeds of the designs of one run: seed, seed + this, seed + 2 x this, ...
@@ -45,19 +43,21 @@ DESIGN_SEED_STRIDE = 1_000_003  # seeds of the designs of one run: seed, seed + 
 
 @dataclass
 class Design:
-    """One independent subset design: its seed, stage-name suffix, membership table and trained operators."""
+    """One independent subset design: its name (which names its bank and its stages' suffix), seed,
+    membership table and the arguments of its operators."""
 
-    seed: int
+    name: str
     suffix: str
+    seed: int
     table: np.ndarray
-    bank: OperatorBank
-    operator_args: dict[str, Any]
+    operator_args: OperatorArguments
 
 
 class StrideAttributor(Attributor):
     """Attribution with steering operators on random subsets and per-query Lasso recovery.
 
-    `task` says how the model is fed, where it is steered and what a loss is (default: a causal LM)."""
+    `task` says how the model is fed, where it is steered and what a loss is (default: a causal LM).
+    Each design's trained operators are kept in `banks_` under the design's name."""
 
     name = "stride"
 
@@ -71,20 +71,20 @@ class StrideAttributor(Attributor):
         progress: bool = True,
         task: Task | None = None,
     ):
-        super().__init__()
+        super().__init__(store)
         self.model = model
         self.config = config or StrideConfig()
         self.seed = seed
-        self.store = store
         self.model_digest = model_digest
         self.progress = progress
         self.task = task or CausalLMTask()
-        self.steered_ = self.task.steered(model, self.config.layer)  # its bank is set by prepare()
+        self.steered_ = self.task.steered(model, self.config.layer)
         self.layer = self.steered_.location
         self.designs_: list[Design] = []
+        self.banks_: dict[str, OperatorBank] = {}
+        self.train_digest_ = ""
         self.lambda_: float | None = None
         self.first_order_train_: torch.Tensor | None = None
-        self.stage_info: dict[str, Any] = {}
 
     def settings(self) -> dict[str, Any]:
         return {**self.config.to_dict(), **self.steered_.settings(), **self.task.settings(), "seed": self.seed}
@@ -98,69 +98,52 @@ class StrideAttributor(Attributor):
         """The seed of independent design `design` (design 0 uses the run's seed itself)."""
         return self.seed + DESIGN_SEED_STRIDE * design
 
-    def _stage(self, name: str, args: dict[str, Any], compute) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Load a finished stage or compute and save it; records its seconds either way."""
-        if self.store is not None and self.store.done(name, args):
-            tensors, info = self.store.load(name)
-            info = {**info, "reused": True}
-        else:
-            started = time.perf_counter()
-            tensors, info = compute()
-            info = {**info, "seconds": time.perf_counter() - started}
-            if self.store is not None:
-                self.store.save(name, tensors, args, info)
-            info = {**info, "reused": False}
-        self.timings[name] = info.get("seconds", 0.0)
-        self.stage_info[name] = info
-        return tensors, info
+    def _inputs(self, **more: str) -> dict[str, str]:
+        return {"model": self.model_digest, "train": self.train_digest_, **more}
 
     def prepare(self, train: Examples) -> None:
         """Draw each design's membership and train (or load) its operators on `train`."""
         self.config.validate(len(train))
+        self.train_digest_ = train.digest
         self.designs_ = [self._prepare_design(train, design) for design in range(self.config.designs)]
-        self.steered_.bank = self.designs_[0].bank
         if self._first_order_weight() != 0.0:
-            stored, _ = self._stage("first_order_train", {**self._first_order_args(), "train": train.digest},
-                                    lambda: self._first_order_features(train, query=False))  # fmt: skip
+            stage = Stage("first_order_train", self._first_order_args(), self._inputs())
+            stored, _ = self._stage(stage, lambda: self._first_order_features(train, query=False))
             self.first_order_train_ = stored["features"]
 
     def _prepare_design(self, train: Examples, design: int) -> Design:
         config, seed = self.config, self.design_seed(design)
-        suffix = f"_design{design}" if design else ""
-        membership_args = {"n": len(train), "K": config.n_subsets, "d": config.subsets_per_example, "seed": seed}
+        name, suffix = f"design{design}", f"_design{design}" if design else ""
+        membership = MembershipArguments(len(train), config.n_subsets, config.subsets_per_example, seed)
 
-        def draw() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        def draw() -> StageOutput:
             table = example_subsets(len(train), config.n_subsets, config.subsets_per_example, seed)
             sizes = subset_sizes(table, config.n_subsets)
             info = {"min_size": int(sizes.min()), "max_size": int(sizes.max())}
             return {"example_subsets": torch.as_tensor(table)}, info
 
-        tensors, _ = self._stage("membership" + suffix, membership_args, draw)
+        tensors, _ = self._stage(Stage("membership" + suffix, membership, {}), draw)
         table = tensors["example_subsets"].numpy()
-        operator_args = {
-            **membership_args, "layer": self.layer, "model": self.model_digest, "train": train.digest,
-            **{name: getattr(config, name) for name in TRAINING_FIELDS}, **self.task.settings(),
-        }  # fmt: skip
+        operator_args = from_config(OperatorArguments, config, seed=seed, layer=self.layer, task=self.task.settings())
+        operators = Stage("operators" + suffix, operator_args, self._inputs())
         bank = self._new_bank(train, seed)
-        self.steered_.bank = bank
 
-        def fit() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        def fit() -> StageOutput:
             torch.manual_seed(seed)
-            trainer = OperatorTrainer(self.steered_, train, table, config, seed)
-            checkpoint = None
-            if self.store is not None:
-                checkpoint = self.store.checkpoint_path("operators" + suffix, operator_args)
+            trainer = OperatorTrainer(self.steered_, bank, train, table, config, seed)
             with deterministic_algorithms():
-                log = trainer.train(checkpoint=checkpoint, progress=self.progress, on_step=self._on_step)
+                log = trainer.train(checkpoint=self.store.checkpoint(operators), progress=self.progress,
+                                    on_step=self._on_step)  # fmt: skip
             return dict(bank.state_dict()), {
                 "steps": log.steps, "resumed_from_step": log.resumed_from_step,
                 "epoch_fidelity": log.epoch_fidelity, "epoch_stability": log.epoch_stability,
                 "epoch_linearity": log.epoch_linearity, "parameters_per_operator": bank.operator_parameters(),
             }  # fmt: skip
 
-        tensors, _ = self._stage("operators" + suffix, operator_args, fit)
+        tensors, _ = self._stage(operators, fit)
         bank.load_state_dict(tensors)
-        return Design(seed, suffix, table, bank, operator_args)
+        self.banks_[name] = bank
+        return Design(name, suffix, seed, table, operator_args)
 
     _on_step = None  # tests and callers may set a callable(step) to observe (or interrupt) training
 
@@ -170,16 +153,16 @@ class StrideAttributor(Attributor):
         return self.designs_
 
     def _design_responses(self, design: Design, queries: Examples) -> tuple[torch.Tensor, torch.Tensor]:
-        args = {**design.operator_args, "queries": queries.digest}
+        stage = Stage("responses" + design.suffix, design.operator_args, self._inputs(**{QUERY_INPUT: queries.digest}))
 
-        def measure() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-            self.steered_.bank = design.bank
-            responses, base = query_responses(self.steered_, queries, self.config.measure_rows, self.progress)
+        def measure() -> StageOutput:
+            bank = self.banks_[design.name]
+            responses, base = query_responses(self.steered_, bank, queries, self.config.measure_rows, self.progress)
             if not torch.isfinite(responses).all() or not torch.isfinite(base).all():
                 raise StrideError("non-finite (NaN/inf) query losses: check the model and the queries")
             return {"responses": responses, "base_losses": base}, {"n_queries": len(queries)}
 
-        tensors, _ = self._stage("responses" + design.suffix, args, measure)
+        tensors, _ = self._stage(stage, measure)
         return tensors["responses"], tensors["base_losses"]
 
     def responses(self, queries: Examples) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,15 +177,15 @@ class StrideAttributor(Attributor):
         the responses they were recovered from."""
         responses, _ = self._design_responses(design, queries)
         config = self.config
-        args = {**design.operator_args, "queries": queries.digest, "lambda_rule": config.lambda_rule}
         if config.lambda_rule == "fixed":
             penalty = config.lasso_lambda
-        if penalty is not None:
-            args["lasso_lambda"] = penalty
-        else:
-            args.update(cv_queries=config.cv_queries, cv_lambdas=CV_LAMBDAS, cv_span=CV_SPAN)
+        cross_validated = penalty is None
+        arguments = RecoveryArguments(
+            design.operator_args, config.lambda_rule, penalty, config.cv_queries if cross_validated else None,
+            CV_LAMBDAS if cross_validated else None, CV_SPAN if cross_validated else None,
+        )  # fmt: skip
 
-        def recover() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        def recover() -> StageOutput:
             membership = membership_matrix(design.table, config.n_subsets)
             standardized, scales = standardize(responses.double().numpy())
             chosen = penalty
@@ -212,7 +195,8 @@ class StrideAttributor(Attributor):
             info = {"lambda": chosen, "nonzero_fraction": float((scores != 0).mean())}
             return {"scores": torch.as_tensor(scores)}, info
 
-        tensors, info = self._stage("recovery" + design.suffix, args, recover)
+        stage = Stage("recovery" + design.suffix, arguments, self._inputs(**{QUERY_INPUT: queries.digest}))
+        tensors, info = self._stage(stage, recover)
         return tensors["scores"], info["lambda"], responses
 
     def _first_order_weight(self) -> float | None:
@@ -222,19 +206,20 @@ class StrideAttributor(Attributor):
             return None if self.config.designs > 1 else 0.0
         return float(weight)
 
-    def _first_order_features(self, data: Examples, query: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        features = restricted_gradients(self.steered_, data, LOGIT, FIRST_ORDER_RANK, self.seed,
-                                        self.config.batch_size, query=query, proj_dim=self.config.first_order_dim)
+    def _first_order_features(self, data: Examples, query: bool) -> StageOutput:
+        config = self.config
+        features = restricted_gradients(self.steered_, data, LOGIT, FIRST_ORDER_RANK, self.seed, config.batch_size,
+                                        query=query, proj_dim=config.first_order_dim)  # fmt: skip
         return {"features": features}, {}
 
-    def _first_order_args(self) -> dict[str, Any]:
-        return {"model": self.model_digest, "layer": self.layer, "rank": FIRST_ORDER_RANK, "seed": self.seed,
-                "dim": self.config.first_order_dim, **self.task.settings()}  # fmt: skip
+    def _first_order_args(self) -> FirstOrderArguments:
+        return from_config(FirstOrderArguments, self.config, layer=self.layer, task=self.task.settings(),
+                           rank=FIRST_ORDER_RANK, seed=self.seed)  # fmt: skip
 
     def _first_order_scores(self, queries: Examples) -> np.ndarray:
         """<g(query), g(example)> of the logit family (training-side features made in prepare)."""
-        stored, _ = self._stage("first_order_queries", {**self._first_order_args(), "queries": queries.digest},
-                                lambda: self._first_order_features(queries, query=True))  # fmt: skip
+        stage = Stage("first_order_queries", self._first_order_args(), self._inputs(**{QUERY_INPUT: queries.digest}))
+        stored, _ = self._stage(stage, lambda: self._first_order_features(queries, query=True))
         return (stored["features"] @ self.first_order_train_.T).double().numpy()
 
     def score(self, queries: Examples) -> torch.Tensor:
@@ -261,8 +246,7 @@ class StrideAttributor(Attributor):
         return torch.as_tensor(mix(lasso, first_order, weight), dtype=torch.float32)
 
 
-@register("stride")
-def _create(context: MethodContext) -> StrideAttributor:
+def create(context: MethodContext) -> StrideAttributor:
     return StrideAttributor(
         context.model, context.stride_config, seed=context.seed, store=context.store,
         model_digest=context.model_digest, progress=context.progress, task=context.task,

@@ -8,15 +8,15 @@ then changes by -eta <g(q), sum_{z in S} g(z)>, so <g(q), g(z)> is what STRIDE m
 order, before finite steps, the subset design and the Lasso add their own errors.
 
 The `operator-grad` diagnostic scores with these dot products; STRIDE's hybrid mixes them (for the
-logit form at full width, sketched) into its Lasso scores.
+logit form with a rank-64 basis, count-sketched) into its Lasso scores.
 """
 
 from __future__ import annotations
 
 import torch
 
-from stride.baselines.common import index_batches
-from stride.baselines.gradients import GradientProjector
+from stride.core.batching import index_batches
+from stride.core.sketch import GradientProjector
 from stride.method.operators import RESIDUAL, OperatorBank
 from stride.method.steering import Steered
 from stride.tasks import Examples
@@ -27,28 +27,23 @@ def restricted_gradients(steered: Steered, data: Examples, form: str, rank: int,
     """Per-example gradients of the loss (`query`: the measurement) w.r.t. one zero operator of the
     family at `steered`'s place -> [len(data), output width x rank], or their count sketch
     [len(data), proj_dim] when `proj_dim` > 0. The basis is drawn as STRIDE draws it from `seed`
-    (rank 0: the identity). `steered` gets its own bank back afterwards."""
+    (rank 0: the identity)."""
     hidden_size, output_size = steered.sizes(data.batch([0]))
     width = rank or hidden_size
     size = (hidden_size if form == RESIDUAL else output_size) * width
     projector = GradientProjector({"operator": size}, proj_dim, seed) if proj_dim else None
     features = torch.empty(len(data), proj_dim or size)
-    own_bank = steered.bank
-    try:
-        for indices in index_batches(len(data), batch_size):
-            batch = data.batch(indices)
-            base = steered.base(batch)
-            bank = OperatorBank(form, len(indices), hidden_size, width, output_size, seed)
-            if rank == 0:
-                bank.basis.data = torch.eye(hidden_size)
-            bank.basis.requires_grad_(False)
-            steered.bank = bank
-            rows = torch.arange(len(indices))
-            outputs = steered.steered_logits(base, batch, rows, rows)
-            values = steered.task.measurement(outputs, batch) if query else steered.task.losses(outputs, batch)
-            (gradient,) = torch.autograd.grad(values.sum(), bank.coefficients)
-            gradient = gradient.reshape(len(indices), -1).float()
-            features[indices] = projector.project({"operator": gradient}) if projector else gradient
-    finally:
-        steered.bank = own_bank
+    for indices in index_batches(len(data), batch_size):
+        batch = data.batch(indices)
+        base = steered.base(batch)
+        bank = OperatorBank(form, len(indices), hidden_size, width, output_size, seed)  # one zero operator per row
+        if rank == 0:
+            bank.basis.data = torch.eye(hidden_size)
+        bank.basis.requires_grad_(False)
+        rows = torch.arange(len(indices))
+        outputs = steered.steered_logits(bank, base, batch, rows, rows)
+        values = steered.task.measurement(outputs, batch) if query else steered.task.losses(outputs, batch)
+        (gradient,) = torch.autograd.grad(values.sum(), bank.coefficients)
+        gradient = gradient.reshape(len(indices), -1).float()
+        features[indices] = projector.project({"operator": gradient}) if projector else gradient
     return features

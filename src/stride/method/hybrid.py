@@ -16,16 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.stats import rankdata
+
+from stride.core.ranks import spearman_columns, standard_units
 
 WEIGHT_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
-
-
-def standard_units(scores: np.ndarray) -> np.ndarray:
-    """Each row centred and divided by its standard deviation (constant rows stay zero)."""
-    centred = scores - scores.mean(axis=1, keepdims=True)
-    spread = centred.std(axis=1, keepdims=True)
-    return centred / np.where(spread > 0, spread, 1.0)
 
 
 def mix(lasso: np.ndarray, first_order: np.ndarray, weight: float) -> np.ndarray:
@@ -36,10 +30,8 @@ def mix(lasso: np.ndarray, first_order: np.ndarray, weight: float) -> np.ndarray
 
 
 def row_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman correlation of each row of `a` with the same row of `b` -> [rows]."""
-    a = standard_units(rankdata(a, axis=1))
-    b = standard_units(rankdata(b, axis=1))
-    return (a * b).mean(axis=1)
+    """Spearman correlation of each row of `a` with the same row of `b` -> [rows] (0 for a constant row)."""
+    return np.nan_to_num(spearman_columns(a.T, b.T), nan=0.0)
 
 
 def cross_fitted_weight(design_scores: list[np.ndarray], design_responses: list[np.ndarray],

@@ -9,16 +9,18 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from stride.method.operators import OperatorBank
 from stride.method.steering import Steered
 from stride.tasks import Examples
 
 
 @torch.no_grad()
 def query_responses(
-    steered: Steered, queries: Examples, rows_per_pass: int = 256, progress: bool = True
+    steered: Steered, bank: OperatorBank, queries: Examples, rows_per_pass: int = 256, progress: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drops of the task's measurement [n_queries, K] under each operator, and its base values [n_queries]."""
-    n_subsets = steered.bank.n_subsets
+    """Drops of the task's measurement [n_queries, K] under each operator of `bank`, and its base values
+    [n_queries]."""
+    n_subsets = bank.n_subsets
     queries_per_pass = max(1, min(len(queries), rows_per_pass // min(n_subsets, rows_per_pass)))
     subsets_per_pass = max(1, rows_per_pass // queries_per_pass)
     responses = torch.empty(len(queries), n_subsets)
@@ -35,7 +37,7 @@ def query_responses(
         for first in range(0, n_subsets, subsets_per_pass):
             subset_ids = torch.arange(first, min(first + subsets_per_pass, n_subsets))
             rows = torch.arange(n_batch).repeat_interleave(len(subset_ids))
-            logits = steered.steered_logits(base, batch, rows, subset_ids.repeat(n_batch))
+            logits = steered.steered_logits(bank, base, batch, rows, subset_ids.repeat(n_batch))
             steered_loss = steered.task.measurement(logits, batch.select(rows)).view(n_batch, len(subset_ids))
             responses[start : start + n_batch, first : first + len(subset_ids)] = base_loss[:, None] - steered_loss
             bar.update(1)

@@ -31,7 +31,11 @@ CV_SPAN = 1e-2  # the grid's smallest penalty, as a fraction of the largest usef
 
 
 def cross_validated_lambda(
-    membership: sp.csr_matrix, standardized: np.ndarray, n_queries: int, seed: int, n_lambdas: int = CV_LAMBDAS,
+    membership: sp.csr_matrix,
+    standardized: np.ndarray,
+    n_queries: int,
+    seed: int,
+    n_lambdas: int = CV_LAMBDAS,
     span: float = CV_SPAN,
 ) -> float:
     """Median over a seeded sample of queries of the LassoCV-chosen penalty (grid: `n_lambdas`

@@ -2,7 +2,9 @@
 
 `Steered` is what the STRIDE core talks to: a base pass per batch keeps the representation at
 the steered place and the outputs; a steered pass adds a_k B h to the outputs (logit form) or
-to that representation and runs only what lies above it (residual form).
+to that representation and runs only what lies above it (residual form). A `Steered` holds no
+operators: every steered pass names the bank it uses, so several banks (STRIDE's designs, the
+first-order features' zero operators) serve one frozen model side by side.
 
 `SteeredModel` is the causal-LM case: a steered pass replaces the blocks up to the steered one by
 stand-ins that hand back the cached (and steered) activations, so only the blocks above run again,
@@ -13,9 +15,10 @@ ModuleList for the duration of one call and forward hooks do the rest.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -40,7 +43,7 @@ def _block_output(output: Any) -> torch.Tensor:
 
 
 def _with_block_output(output: Any, hidden: torch.Tensor) -> Any:
-    return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+    return (hidden, *tuple(output[1:])) if isinstance(output, tuple) else hidden
 
 
 class _CachedBlock(nn.Module):
@@ -66,11 +69,10 @@ class _CachedBlock(nn.Module):
 
 
 class Steered(ABC):
-    """A frozen model, the place where it is steered, its task, and a bank of operators (set before use)."""
+    """A frozen model, the place where it is steered and its task."""
 
-    def __init__(self, model: nn.Module, bank: OperatorBank | None, task: Task):
+    def __init__(self, model: nn.Module, task: Task):
         self.model = model
-        self.bank = bank
         self.task = task
 
     @property
@@ -94,23 +96,21 @@ class Steered(ABC):
     def logits_from_hidden(self, hidden: torch.Tensor, batch: Any) -> torch.Tensor:
         """Outputs when the steered place holds `hidden` (rows aligned with `batch`)."""
 
-    def steered_logits(self, base: BasePass, batch: Any, rows: torch.Tensor, subset_ids: torch.Tensor) -> torch.Tensor:
-        """Outputs of base-pass rows `rows`, each steered by operator `subset_ids[i]`."""
+    def steered_logits(self, bank: OperatorBank, base: BasePass, batch: Any, rows: torch.Tensor,
+                       subset_ids: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """Outputs of base-pass rows `rows`, each steered by operator `subset_ids[i]` of `bank`."""
         hidden = base.hidden[rows]
-        if self.bank.form == LOGIT:
-            return base.logits[rows] + self.bank.delta(hidden, subset_ids)
-        steered_hidden = hidden + self.bank.delta(hidden, subset_ids)
+        if bank.form == LOGIT:
+            return base.logits[rows] + bank.delta(hidden, subset_ids)
+        steered_hidden = hidden + bank.delta(hidden, subset_ids)
         return self.logits_from_hidden(steered_hidden, batch.select(rows))
 
 
 class SteeredModel(Steered):
     """A frozen causal LM steered at the output of one decoder block."""
 
-    def __init__(self, model: nn.Module, blocks: nn.ModuleList, layer: int, bank: OperatorBank | None,
-                 task: Task | None = None):  # fmt: skip
-        from stride.tasks import CausalLMTask
-
-        super().__init__(model, bank, task or CausalLMTask())
+    def __init__(self, model: nn.Module, blocks: nn.ModuleList, layer: int, task: Task):
+        super().__init__(model, task)
         self.blocks = blocks
         self.layer = layer
         self._block_returns_tuple = False
@@ -124,7 +124,9 @@ class SteeredModel(Steered):
 
     def sizes(self, sample: Batch | None = None) -> tuple[int, int]:
         config = self.model.config
-        hidden = config.hidden_size if hasattr(config, "hidden_size") else self.model.get_input_embeddings().embedding_dim
+        hidden = (
+            config.hidden_size if hasattr(config, "hidden_size") else self.model.get_input_embeddings().embedding_dim
+        )
         return hidden, self.model.get_output_embeddings().out_features
 
     @torch.no_grad()
@@ -156,16 +158,16 @@ class SteeredModel(Steered):
                 self.blocks[i] = original
 
     @contextmanager
-    def attached(self, subset_ids: torch.Tensor) -> Iterator[None]:
-        """Steer every full forward pass inside the block: row i by operator subset_ids[i].
+    def attached(self, bank: OperatorBank, subset_ids: torch.Tensor) -> Iterator[None]:
+        """Steer every full forward pass inside the block: row i by operator subset_ids[i] of `bank`.
 
         Residual form only (the logit form acts after the model; use `steered_logits`)."""
-        if self.bank.form != RESIDUAL:
+        if bank.form != RESIDUAL:
             raise ValueError("attached() steers a decoder block; the logit form has none to steer")
 
         def steer(_module: nn.Module, _inputs: Any, output: Any) -> Any:
             hidden = _block_output(output)
-            return _with_block_output(output, hidden + self.bank.delta(hidden, subset_ids))
+            return _with_block_output(output, hidden + bank.delta(hidden, subset_ids))
 
         handle = self.blocks[self.layer].register_forward_hook(steer)
         try:
