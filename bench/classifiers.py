@@ -45,7 +45,7 @@ from stride.classifiers import attribute_classifier, classifier_config  # noqa: 
 from stride.evaluation.counterfactual import counterfactual_report, random_removals, top_k_removals  # noqa: E402
 from stride.evaluation.groundtruth import draw_subsets  # noqa: E402
 from stride.evaluation.lds import evaluate_lds  # noqa: E402
-from stride.store import write_json  # noqa: E402
+from stride.core.jsonio import write_json  # noqa: E402
 
 METHODS = ("stride", "trak", "ekfac", "graddot", "gradcos", "repsim")
 

@@ -34,7 +34,7 @@ from stride.corpus import DEMO_MIX, read_fortunes  # noqa: E402
 from stride.data import load_data, write_jsonl  # noqa: E402
 from stride.lm_training import LMRecipe, example_losses, new_causal_lm, train_tokenizer  # noqa: E402
 from stride.models import load_causal_lm  # noqa: E402
-from stride.store import write_json  # noqa: E402
+from stride.core.jsonio import write_json  # noqa: E402
 
 from bench.lds import cached_model_matches  # noqa: E402
 

@@ -29,7 +29,7 @@ from stride.api import attribute  # noqa: E402
 from stride.corpus import build_benchmark_corpus  # noqa: E402
 from stride.data import load_data, read_examples  # noqa: E402
 from stride.lm_training import LMRecipe, example_losses, new_causal_lm, train_tokenizer  # noqa: E402
-from stride.store import write_json  # noqa: E402
+from stride.core.jsonio import write_json  # noqa: E402
 
 from bench.lds import cached_model_matches  # noqa: E402
 

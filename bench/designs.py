@@ -27,7 +27,7 @@ from stride.api import attribute  # noqa: E402
 from stride.config import StrideConfig  # noqa: E402
 from stride.evaluation.groundtruth import load_groundtruth  # noqa: E402
 from stride.evaluation.lds import evaluate_lds  # noqa: E402
-from stride.store import write_json  # noqa: E402
+from stride.core.jsonio import write_json  # noqa: E402
 
 from bench.regime_folders import ground_truth_folder  # noqa: E402
 

@@ -42,7 +42,7 @@ from stride.config import StrideConfig, read_mapping_file  # noqa: E402
 from stride.corpus import build_benchmark_corpus  # noqa: E402
 from stride.lm_training import LMRecipe, train_lm  # noqa: E402
 from stride.registry import available_methods  # noqa: E402
-from stride.store import write_json  # noqa: E402
+from stride.core.jsonio import write_json  # noqa: E402
 
 @dataclasses.dataclass(frozen=True)
 class Regime:

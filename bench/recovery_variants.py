@@ -27,7 +27,7 @@ from stride.evaluation.groundtruth import load_groundtruth
 from stride.evaluation.lds import evaluate_lds
 from stride.method.membership import membership_matrix
 from stride.method.recover import standardize
-from stride.store import write_json
+from stride.core.jsonio import write_json
 
 from bench.regime_folders import ground_truth_folder
 

@@ -56,6 +56,7 @@ def test_every_baseline_on_gpt2_ranks_exact_duplicates_top5(method, gpt2_dir, co
     assert len(info["timings_seconds"]) >= 2  # at least one stage besides the total
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", GRADIENT_METHODS)
 def test_gradient_baselines_on_llama_rank_exact_duplicates_top5(method, llama_dir, corpus, tmp_path):
     _check_contract(_run(llama_dir, corpus, tmp_path / "run", method), method)

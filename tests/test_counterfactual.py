@@ -90,6 +90,7 @@ def finished(gpt2_dir, corpus, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_run_writes_the_report_losses_and_removal_sets(finished):
     out = finished / "out"
     report = json.loads((out / "report.json").read_text())
@@ -114,6 +115,7 @@ def test_run_writes_the_report_losses_and_removal_sets(finished):
     assert len(list((out / "retrains").glob("*.safetensors"))) == report["run"]["retrains"]
 
 
+@pytest.mark.slow
 def test_removing_a_querys_duplicate_raises_its_loss_more_than_random_removal(finished):
     report = json.loads((finished / "out" / "report.json").read_text())
     for row in report["per_query"]:  # k = 3: the top-3 holds the duplicate, a random 3 almost never
@@ -121,6 +123,7 @@ def test_removing_a_querys_duplicate_raises_its_loss_more_than_random_removal(fi
         assert row["top_k_increase"][0] > row["random_increase"][0] + 0.05, row
 
 
+@pytest.mark.slow
 def test_resumes_only_the_missing_retrain_with_identical_results(finished, gpt2_dir, corpus):
     out = finished / "out"
     before = load_file(str(out / "losses.safetensors"))

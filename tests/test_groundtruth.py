@@ -26,6 +26,7 @@ def test_subsets_have_the_requested_size_and_are_seeded(protocol, fraction, kept
     assert len({row.tobytes() for row in subsets}) == 20
 
 
+@pytest.mark.slow
 def test_finetune_groundtruth_resumes_and_feeds_lds(gpt2_dir, corpus, tmp_path, capsys):
     out = tmp_path / "truth"
     kwargs = dict(regime="finetune", base_dir=gpt2_dir, n_subsets=4, n_seeds=2, recipe=RECIPE, workers=2,

@@ -53,7 +53,7 @@ def test_reruns_load_every_stage_and_new_queries_reuse_the_training_side(method,
     assert query_stages and not any(reused.info["stages"][name]["reused"] for name in query_stages)
 
 
-@pytest.mark.parametrize("method", ["trak", "ekfac"])
+@pytest.mark.parametrize("method", ["trak", pytest.param("ekfac", marks=pytest.mark.slow)])
 def test_library_methods_killed_while_scoring_resume_from_their_stored_features(method, gpt2_dir, corpus, tmp_path,
                                                                                 monkeypatch):  # fmt: skip
     pytest.importorskip(LIBRARY[method])
@@ -94,7 +94,7 @@ def test_a_library_stage_killed_midway_starts_again_from_a_clean_folder(gpt2_dir
     torch.testing.assert_close(resumed.scores, reference, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("method,change", [("trak", {"proj_dim": 64}), ("ekfac", {"damping_factor": 1e-3}),
+@pytest.mark.parametrize("method,change", [("trak", {"proj_dim": 64}), pytest.param("ekfac", {"damping_factor": 1e-3}, marks=pytest.mark.slow),
                                            ("graddot", {"proj_dim": 128})])  # fmt: skip
 def test_a_stage_with_other_settings_is_refused_unless_overwritten(method, change, gpt2_dir, corpus, tmp_path):
     _run(method, gpt2_dir, corpus, tmp_path / "run")

@@ -101,8 +101,9 @@ class StrideConfig:
             if getattr(self, name) < 1:
                 raise StrideError(f"{name} must be at least 1, got {getattr(self, name)}")
         weight = self.first_order_weight
-        number = isinstance(weight, (int, float)) and not isinstance(weight, bool)
-        if weight != "auto" and not (number and 0 <= weight <= 1):
+        # range check in the same expression as the isinstance checks, so mypy narrows `weight` to a number
+        in_range = isinstance(weight, (int, float)) and not isinstance(weight, bool) and 0 <= weight <= 1
+        if weight != "auto" and not in_range:
             raise StrideError(f"first_order_weight must be 'auto' or a number in [0, 1], got {weight!r}")
         if self.length_grouping < 0:
             raise StrideError(f"length_grouping must be 0 or more, got {self.length_grouping}")

@@ -188,7 +188,7 @@ class _Tokenize:
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         if self.kind == TEXT:
-            prompts = [[] for _ in batch["text"]]
+            prompts: list[list[int]] = [[] for _ in batch["text"]]
             completions = self._ids(batch["text"])
         else:
             prompts = self._ids(batch["prompt"])

@@ -89,18 +89,18 @@ def new_causal_lm(recipe: LMRecipe, tokenizer: Any) -> nn.Module:
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
            "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
     if recipe.architecture == "gpt2":
-        config = transformers.GPT2Config(
+        gpt2_config = transformers.GPT2Config(
             vocab_size=len(tokenizer), n_positions=recipe.context, n_embd=recipe.hidden_size,
             n_layer=recipe.n_layers, n_head=recipe.n_heads, resid_pdrop=0.0, embd_pdrop=0.0,
             attn_pdrop=0.0, **ids,
         )  # fmt: skip
-        return transformers.GPT2LMHeadModel(config)
-    config = transformers.LlamaConfig(
+        return transformers.GPT2LMHeadModel(gpt2_config)
+    llama_config = transformers.LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=recipe.hidden_size, intermediate_size=4 * recipe.hidden_size,
         num_hidden_layers=recipe.n_layers, num_attention_heads=recipe.n_heads,
         max_position_embeddings=recipe.context, tie_word_embeddings=True, **ids,
     )  # fmt: skip
-    return transformers.LlamaForCausalLM(config)
+    return transformers.LlamaForCausalLM(llama_config)
 
 
 def train_causal_lm(
@@ -114,11 +114,11 @@ def train_causal_lm(
 
     AdamW with linear warm-up then cosine decay; each step minimises the mean of the per-example
     losses (the same loss that attribution scores)."""
-    indices = torch.as_tensor(list(range(len(data))) if indices is None else list(indices), dtype=torch.long)
-    if len(indices) == 0:
+    rows = torch.as_tensor(list(range(len(data))) if indices is None else list(indices), dtype=torch.long)
+    if len(rows) == 0:
         raise StrideError("cannot train on an empty set of examples")
     with deterministic_algorithms():
-        return _optimise(model, data, recipe, indices, progress)
+        return _optimise(model, data, recipe, rows, progress)
 
 
 def _optimise(
@@ -187,6 +187,7 @@ def train_lm(
     recipe = recipe or LMRecipe()
     recipe.validate()
     started = time.perf_counter()
+    model: Any  # a Hugging Face model: save_pretrained is not in nn.Module's stubs
     if base_dir is None:
         examples = read_examples(train_path)
         columns = ["text"] if "text" in examples.column_names else ["prompt", "completion"]

@@ -62,7 +62,8 @@ def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False) -> An
 
 def check_tokenizer_fits(model: nn.Module, tokenizer: Any, where: str | Path = "model") -> None:
     """Every token id the tokenizer can produce must have a row in the model's embedding."""
-    n_rows = model.get_input_embeddings().num_embeddings
+    hf_model: Any = model  # a Hugging Face model: get_input_embeddings is not in nn.Module's stubs
+    n_rows = hf_model.get_input_embeddings().num_embeddings
     if len(tokenizer) > n_rows:
         raise StrideError(
             f"{where}: the tokenizer has {len(tokenizer)} tokens but the model's embedding only "
@@ -129,15 +130,16 @@ def default_layer(n_blocks: int) -> int:
 @contextlib.contextmanager
 def eager_attention(model: nn.Module) -> Iterator[None]:
     """Run with the plain ("eager") attention, which torch.func.vmap traces without a slow fallback."""
-    before = getattr(model.config, "_attn_implementation", None)
-    switch = before not in (None, "eager") and hasattr(model, "set_attn_implementation")
+    hf_model: Any = model  # a Hugging Face model: set_attn_implementation is not in nn.Module's stubs
+    before = getattr(hf_model.config, "_attn_implementation", None)
+    switch = before not in (None, "eager") and hasattr(hf_model, "set_attn_implementation")
     if switch:
-        model.set_attn_implementation("eager")
+        hf_model.set_attn_implementation("eager")
     try:
         yield
     finally:
         if switch:
-            model.set_attn_implementation(before)
+            hf_model.set_attn_implementation(before)
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -23,8 +23,8 @@ from stride.baselines.common import (
     parse_settings,
     require_library,  # fmt: skip
 )
-from stride.data import TokenizedData
 from stride.errors import StrideError
+from stride.tasks import Examples
 
 VARIANTS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
 
@@ -64,7 +64,7 @@ class Bm25Attributor(BaselineAttributor):
         analyzer = CountVectorizer(lowercase=self.config.lowercase).build_analyzer()
         return [analyzer(text) for text in texts]
 
-    def _prepare(self, train: TokenizedData) -> None:
+    def _prepare(self, train: Examples) -> None:
         import bm25s
 
         with self._timed("index"):
@@ -72,7 +72,7 @@ class Bm25Attributor(BaselineAttributor):
             self.retriever_.index(self._words(data_texts(train)), show_progress=False)
             self.n_train_ = len(train)
 
-    def _scores(self, queries: TokenizedData) -> torch.Tensor:
+    def _scores(self, queries: Examples) -> torch.Tensor:
         scores = np.zeros((len(queries), self.n_train_), dtype=np.float32)
         for row, words in enumerate(self._words(data_texts(queries))):
             ids = self.retriever_.get_tokens_ids(words)

@@ -14,7 +14,7 @@ import io
 from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
@@ -169,5 +169,7 @@ def require_library(module: str, install: str, method: str) -> None:
         raise StrideError(f"method {method!r} needs the {module!r} library: {install}")
 
 
-def data_texts(data: TokenizedData) -> list[str]:
-    return [data.display_text(i) for i in range(len(data))]
+def data_texts(data: Examples) -> list[str]:
+    # the lexical baselines read text data sets, whose display_text the Examples protocol does not name
+    texts = cast(TokenizedData, data)
+    return [texts.display_text(i) for i in range(len(texts))]

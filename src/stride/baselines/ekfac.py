@@ -76,12 +76,13 @@ def linear_copy(model: nn.Module) -> nn.Module:
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             if type(child).__name__ == "Conv1D" and hasattr(child, "nf"):
-                n_in, n_out = child.weight.shape
-                linear = nn.Linear(n_in, n_out, bias=child.bias is not None, dtype=child.weight.dtype)
+                conv: Any = child  # transformers' Conv1D: its weight and bias are not typed in nn.Module's stubs
+                n_in, n_out = conv.weight.shape
+                linear = nn.Linear(n_in, n_out, bias=conv.bias is not None, dtype=conv.weight.dtype)
                 with torch.no_grad():
-                    linear.weight.copy_(child.weight.T)
-                    if child.bias is not None:
-                        linear.bias.copy_(child.bias)
+                    linear.weight.copy_(conv.weight.T)
+                    if conv.bias is not None:
+                        linear.bias.copy_(conv.bias)
                 linear.requires_grad_(False)
                 setattr(parent, child_name, linear)
     return model
@@ -192,6 +193,7 @@ class EkfacAttributor(BaselineAttributor):
         from kronfluence.arguments import FactorArguments
         from kronfluence.utils.dataset import DataLoaderKwargs
 
+        assert self.train_ is not None  # set by _prepare, which runs this stage
         config = self.config
         analyzer = self._analyzer()
         with self._quiet(), _library_warnings_off():
@@ -208,6 +210,8 @@ class EkfacAttributor(BaselineAttributor):
         from kronfluence.arguments import ScoreArguments
         from kronfluence.utils.dataset import DataLoaderKwargs
 
+        if self.train_ is None:
+            raise RuntimeError("call prepare() before score()")
         analyzer = self._analyzer()
         name = f"scores_{queries.digest[:16]}"
         query_set = _Examples(queries, "queries")

@@ -75,6 +75,8 @@ class GradSimAttributor(InnerProductAttributor):
         return [Part(checkpoint.label, checkpoint.digest, checkpoint.weight, checkpoint) for checkpoint in checkpoints]
 
     def _features(self, part: Part, data: Examples, query: bool) -> torch.Tensor:
+        if self.projector_ is None:  # made with the parts, in prepare()
+            raise RuntimeError("call prepare() before score()")
         features = projected_gradients(part.source.model, data, self.projector_, self.config.batch_size,
                                        self.context.task, query)  # fmt: skip
         return torch.nn.functional.normalize(features, dim=1) if self.normalize else features

@@ -17,7 +17,7 @@ import torch
 
 from stride.attributor import MethodContext
 from stride.baselines.common import BaselineAttributor
-from stride.store import Tensors
+from stride.store import StageOutput, Tensors
 from stride.tasks import Examples
 
 FEATURES = "features"
@@ -58,11 +58,18 @@ class InnerProductAttributor(BaselineAttributor):
         self.parts_ = self._parts()
         for position, part in enumerate(self.parts_):
             stage = self._training_stage(f"train_features_{position}", train, part=part.digest)
-            self.train_[part.label], _ = self._stage(stage, lambda part=part: (self.train_features(part, train), {}))
+
+            # a typed def rather than a lambda with a default argument, whose type mypy cannot infer
+            def compute(part: Part = part) -> StageOutput:
+                return self.train_features(part, train), {}
+
+            self.train_[part.label], _ = self._stage(stage, compute)
 
     def _scores(self, queries: Examples) -> torch.Tensor:
         scores = None
         for part in self.parts_:
             term = part.weight * (self.query_features(part, queries) @ self.train_[part.label][FEATURES].T)
             scores = term if scores is None else scores + term
+        if scores is None:  # no parts: prepare() makes them
+            raise RuntimeError("call prepare() before score()")
         return scores.float()

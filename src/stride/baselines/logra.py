@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -30,11 +30,11 @@ from stride.attributor import MethodContext
 from stride.baselines.common import check_choice, check_positive, parse_settings
 from stride.baselines.inner_product import FEATURES, InnerProductAttributor, Part
 from stride.core.batching import index_batches
-from stride.data import TokenizedData
 from stride.errors import StrideError
 from stride.losses import sequence_losses
 from stride.models import decoder_blocks
 from stride.store import Tensors
+from stride.tasks import Examples
 
 MODULE_SETS = ("blocks", "all")
 
@@ -64,7 +64,7 @@ def layer_dims(module: nn.Module) -> tuple[int, int] | None:
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
     if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:
-        n_in, n_out = module.weight.shape
+        n_in, n_out = cast(torch.Tensor, module.weight).shape  # Conv1D's weight: a parameter, not a module
         return n_in, n_out
     return None
 
@@ -86,7 +86,9 @@ class KroneckerProjector:
         self.shapes: dict[str, tuple[int, int]] = {}  # (r_out, r_in): a layer's projected gradient
         for position, (name, module) in enumerate(layers.items()):
             generator = torch.Generator().manual_seed(seed * 1_000_003 + position)
-            n_in, n_out = layer_dims(module)
+            dims = layer_dims(module)
+            assert dims is not None  # tracked_layers keeps only the layers that have dims
+            n_in, n_out = dims
             self.matrices[name] = (self._draw(n_in, rank, generator), self._draw(n_out, rank, generator))
             self.shapes[name] = (min(n_out, rank), min(n_in, rank))
 
@@ -102,7 +104,7 @@ def _apply(matrix: torch.Tensor | None, values: torch.Tensor) -> torch.Tensor:
 
 
 def projected_layer_gradients(model: nn.Module, layers: dict[str, nn.Module], projector: KroneckerProjector,
-                              data: TokenizedData, batch_size: int) -> dict[str, torch.Tensor]:  # fmt: skip
+                              data: Examples, batch_size: int) -> dict[str, torch.Tensor]:  # fmt: skip
     """Per layer, every example's projected loss gradient P_out (sum_t delta_t x_t^T) P_in^T -> [n, r_out * r_in]."""
     inputs: dict[str, torch.Tensor] = {}
     grads: dict[str, torch.Tensor] = {}
@@ -126,9 +128,10 @@ def projected_layer_gradients(model: nn.Module, layers: dict[str, nn.Module], pr
         return output.detach().requires_grad_(True)
 
     handles = [module.register_forward_hook(capture(name)) for name, module in layers.items()]
-    embedding = model.get_input_embeddings()
+    hf_model: Any = model  # a Hugging Face model: get_input_embeddings is not in nn.Module's stubs
+    embedding = hf_model.get_input_embeddings()
     handles.append(embedding.register_forward_hook(make_differentiable))
-    out = {name: [] for name in layers}
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     try:
         for indices in index_batches(len(data), batch_size):
             batch = data.batch(indices)
@@ -180,11 +183,11 @@ class LograAttributor(InnerProductAttributor):
         return {**super().settings(), "projected_shapes": {n: list(s) for n, s in self.projector_.shapes.items()},
                 "dampings": dict(zip(self.layers_, dampings))}  # fmt: skip
 
-    def _gradients(self, data: TokenizedData) -> dict[str, torch.Tensor]:
+    def _gradients(self, data: Examples) -> dict[str, torch.Tensor]:
         model, batch_size = self.context.model, self.config.batch_size
         return projected_layer_gradients(model, self.layers_, self.projector_, data, batch_size)
 
-    def train_features(self, part: Part, train: TokenizedData) -> Tensors:
+    def train_features(self, part: Part, train: Examples) -> Tensors:
         parts, dampings = [], []
         for features in self._gradients(train).values():
             part_features, damping = preconditioned(features, self.config.damping_ratio)
@@ -192,7 +195,7 @@ class LograAttributor(InnerProductAttributor):
             dampings.append(damping)
         return {FEATURES: torch.cat(parts, dim=1), "dampings": torch.tensor(dampings)}
 
-    def query_features(self, part: Part, queries: TokenizedData) -> torch.Tensor:
+    def query_features(self, part: Part, queries: Examples) -> torch.Tensor:
         return torch.cat(list(self._gradients(queries).values()), dim=1)
 
 

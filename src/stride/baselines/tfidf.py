@@ -14,7 +14,7 @@ import torch
 
 from stride.attributor import MethodContext
 from stride.baselines.common import BaselineAttributor, check_positive, data_texts, parse_settings
-from stride.data import TokenizedData
+from stride.tasks import Examples
 
 
 @dataclass
@@ -43,7 +43,7 @@ class TfidfAttributor(BaselineAttributor):
         self.vectorizer_: Any = None
         self.train_matrix_: Any = None
 
-    def _prepare(self, train: TokenizedData) -> None:
+    def _prepare(self, train: Examples) -> None:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         with self._timed("fit"):
@@ -53,7 +53,7 @@ class TfidfAttributor(BaselineAttributor):
             )  # fmt: skip
             self.train_matrix_ = self.vectorizer_.fit_transform(data_texts(train))
 
-    def _scores(self, queries: TokenizedData) -> torch.Tensor:
+    def _scores(self, queries: Examples) -> torch.Tensor:
         query_matrix = self.vectorizer_.transform(data_texts(queries))
         scores = (query_matrix @ self.train_matrix_.T).toarray()
         return torch.as_tensor(scores, dtype=torch.float32)

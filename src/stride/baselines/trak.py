@@ -175,7 +175,8 @@ class TrakAttributor(BaselineAttributor):
         from trak.projectors import BasicProjector, ProjectionType
 
         config = self.config
-        model = copy.deepcopy(self.checkpoints_[0].model)
+        # Any: config and set_attn_implementation of a Hugging Face model are not in nn.Module's stubs
+        model: Any = copy.deepcopy(self.checkpoints_[0].model)
         if hasattr(model, "config"):  # a Hugging Face model: GPT-2's padding check cannot be traced by vmap
             model.config.pad_token_id = None
         if hasattr(model, "set_attn_implementation"):
@@ -206,6 +207,7 @@ class TrakAttributor(BaselineAttributor):
     def _featurize(self, train: Examples) -> tuple[Tensors, dict[str, Any]]:
         """Projected gradients of every checkpoint, then TRAK's features Phi (Phi^T Phi + lambda I)^-1."""
         config, task = self.config, self.context.task
+        assert self.features_folder_ is not None  # set by _prepare, which runs this stage
         self.traker_ = self._traker(self.features_folder_, len(train))
         for model_id, checkpoint in enumerate(self.checkpoints_):
             self.traker_.load_checkpoint(checkpoint.model.state_dict(), model_id=model_id)
@@ -233,6 +235,8 @@ class TrakAttributor(BaselineAttributor):
 
     def _scores(self, queries: Examples) -> torch.Tensor:
         if self.traker_ is None:  # the features were loaded from the run folder
+            if self.features_folder_ is None:
+                raise RuntimeError("call prepare() before score()")
             self.traker_ = self._traker(self.features_folder_, self.n_train_)
         experiment = f"queries_{queries.digest[:16]}"
         for model_id, checkpoint in enumerate(self.checkpoints_):

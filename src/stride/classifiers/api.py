@@ -129,7 +129,8 @@ def attribute_classifier(
     check_labels(queries, n_classes)
     if not isinstance(config, StrideConfig):
         config = classifier_config(len(train), **(config or {}))
-    config = dataclasses.replace(config, **({"layer": layer} if layer else {}))
+    overrides: dict[str, Any] = {"layer": layer} if layer else {}
+    config = dataclasses.replace(config, **overrides)
     config.validate(len(train) if method == "stride" else None)
     store = RunStore(out_dir, overwrite=overwrite)
     context = MethodContext(model, None, seed, store, module_digest(model), progress, config,

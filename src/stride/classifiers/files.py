@@ -25,6 +25,8 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
     if not Path(path).is_file():
         raise StrideError(f"factory file not found: {path}")
     module_spec = importlib.util.spec_from_file_location(f"stride_user_factory_{Path(path).stem}", path)
+    if module_spec is None or module_spec.loader is None:
+        raise StrideError(f"cannot load {path} as a Python module")
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     factory = getattr(module, name, None)

@@ -67,5 +67,6 @@ class ClassifierTask(Task):
         place = None if layer is None or layer == -1 else layer
         return self.steered(model, place).base(batch).hidden
 
-    def steered(self, model: nn.Module, layer: str | None) -> SteeredClassifier:
+    def steered(self, model: nn.Module, layer: Any) -> SteeredClassifier:
+        # Any, as in Task.steered: SteeredClassifier refuses a layer that is not a module name
         return SteeredClassifier(model, layer, self)

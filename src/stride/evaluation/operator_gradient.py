@@ -60,7 +60,7 @@ class OperatorGradientAttributor(InnerProductAttributor):
 
     def __init__(self, context: MethodContext, settings: OperatorGradientSettings):
         super().__init__(context, settings)
-        places = list(settings.layers) or [None]
+        places: list[int | str | None] = list(settings.layers) or [None]  # None: the task's default place
         self.steered_ = [context.task.steered(context.model, place) for place in places]
 
     def settings(self) -> dict[str, object]:

@@ -218,6 +218,8 @@ class StrideAttributor(Attributor):
 
     def _first_order_scores(self, queries: Examples) -> np.ndarray:
         """<g(query), g(example)> of the logit family (training-side features made in prepare)."""
+        if self.first_order_train_ is None:  # made in prepare() whenever the first-order scores are used
+            raise RuntimeError("call prepare() before score()")
         stage = Stage("first_order_queries", self._first_order_args(), self._inputs(**{QUERY_INPUT: queries.digest}))
         stored, _ = self._stage(stage, lambda: self._first_order_features(queries, query=True))
         return (stored["features"] @ self.first_order_train_.T).double().numpy()
@@ -238,7 +240,7 @@ class StrideAttributor(Attributor):
         if weight == 0.0:
             return torch.as_tensor(lasso, dtype=torch.float32)
         first_order = self._first_order_scores(queries)
-        criteria = {}
+        criteria: dict[float, float] = {}
         if weight is None:
             memberships = [membership_matrix(design.table, self.config.n_subsets) for design in self.designs_]
             weight, criteria = cross_fitted_weight(recovered, responses, memberships, first_order)

@@ -41,7 +41,7 @@ def cross_fitted_weight(design_scores: list[np.ndarray], design_responses: list[
     the criterion of every weight (see the module docstring). Needs at least two designs."""
     if len(design_scores) < 2:
         raise ValueError("cross-fitting the mixing weight needs at least two designs")
-    criteria = {}
+    criteria: dict[float, float] = {}
     for weight in grid:
         values = []
         for held_out, (responses, membership) in enumerate(zip(design_responses, memberships)):
@@ -49,4 +49,4 @@ def cross_fitted_weight(design_scores: list[np.ndarray], design_responses: list[
             predicted = (membership @ mix(others, first_order, weight).T).T
             values.append(row_spearman(predicted, responses).mean())
         criteria[weight] = float(np.mean(values))
-    return max(criteria, key=criteria.get), criteria
+    return max(criteria, key=criteria.__getitem__), criteria

@@ -1,12 +1,12 @@
 """Sparse recovery: per query, w = argmin 1/(2K) ||y - c - M w||^2 + lambda ||w||_1.
 
-The lambda rule ("cv"): each query's responses are centred and divided by their standard
-deviation, so one penalty fits all queries; that penalty is the median of the penalties chosen
-by 5-fold cross-validation over subsets (scikit-learn's LassoCV, 15 penalties spread over two
-decades below the smallest penalty that zeroes every score) on a sample of queries. The
-solution is scaled back by the standard deviation, so scores are in loss units. c is a free
-intercept: a shift shared by all operators (the corpus' general style) is not credited to any
-example.
+The lambda rule ("cv"): each query's responses are divided by their standard deviation (not
+centred: the free intercept c takes their mean), so one penalty fits all queries; that penalty
+is the median of the penalties chosen by 5-fold cross-validation over subsets (scikit-learn's
+LassoCV, 15 penalties spread over two decades below the smallest penalty that zeroes every
+score) on a sample of queries. The solution is scaled back by the standard deviation, so scores
+are in loss units. c is a free intercept: a shift shared by all operators (the corpus' general
+style) is not credited to any example.
 """
 
 from __future__ import annotations

@@ -123,11 +123,10 @@ class SteeredModel(Steered):
         return {"layer": self.layer, "n_blocks": len(self.blocks)}
 
     def sizes(self, sample: Batch | None = None) -> tuple[int, int]:
-        config = self.model.config
-        hidden = (
-            config.hidden_size if hasattr(config, "hidden_size") else self.model.get_input_embeddings().embedding_dim
-        )
-        return hidden, self.model.get_output_embeddings().out_features
+        model: Any = self.model  # a Hugging Face model: config and the embedding getters are not in nn.Module's stubs
+        config = model.config
+        hidden = config.hidden_size if hasattr(config, "hidden_size") else model.get_input_embeddings().embedding_dim
+        return hidden, model.get_output_embeddings().out_features
 
     @torch.no_grad()
     def base(self, batch: Batch) -> BasePass:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -121,7 +122,8 @@ class OperatorTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return tuple(float("nan") if term is None else term.item() for term in (fidelity, stability, linearity))
+        terms = tuple(float("nan") if term is None else term.item() for term in (fidelity, stability, linearity))
+        return cast(tuple[float, float, float], terms)  # three terms; item() of a float tensor is a float
 
     def _stability(self, base, batch, rows, subset_ids, memberships, generator) -> torch.Tensor | None:
         """KL on examples of the batch paired with an operator whose subset they are not in."""
@@ -149,6 +151,7 @@ class OperatorTrainer:
             self.steered.steered_logits(self.bank, base, batch, rows, torch.arange(n_subsets)), batch.select(rows)
         )
         responses = base_loss - steered
+        assert self.projector is not None  # _step calls this only when there is a projector
         residual = self.projector @ responses - responses
         return residual.pow(2).mean()
 
