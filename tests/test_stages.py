@@ -149,3 +149,16 @@ def test_every_stride_setting_is_claimed_by_a_stage_or_said_to_shape_none():
                for field in dataclasses.fields(kind)}  # fmt: skip
     unclaimed = {field.name for field in dataclasses.fields(StrideConfig)} - claimed
     assert unclaimed == set(stride_stages.NO_STORED_STAGE), "a new StrideConfig field must join a stage's arguments"
+
+
+def test_overwrite_with_an_invalid_setting_keeps_the_finished_run(gpt2_dir, corpus, tmp_path):
+    first = _run("graddot", gpt2_dir, corpus, tmp_path / "run")
+    with pytest.raises(StrideError, match="no_such_key"):
+        attribute(gpt2_dir, corpus["train"], corpus["queries"], tmp_path / "run", method="graddot", progress=False,
+                  method_settings={"no_such_key": 1}, overwrite=True)  # fmt: skip
+    with pytest.raises(StrideError, match="layer"):
+        attribute(gpt2_dir, corpus["train"], corpus["queries"], tmp_path / "run", progress=False,
+                  config=dataclasses.replace(STRIDE_SMALL, layer=99), overwrite=True)  # fmt: skip
+    again = _run("graddot", gpt2_dir, corpus, tmp_path / "run")
+    assert all(stage["reused"] for stage in again.info["stages"].values())
+    assert torch.equal(again.scores, first.scores)

@@ -93,12 +93,14 @@ def attribute(
     train = load_data(train_path, tokenizer, max_length, name="training set")
     queries = load_data(queries_path, tokenizer, max_length, name="queries")
     config.validate(len(train))
-    store = RunStore(out_dir, overwrite=overwrite)
-    if reuse_from is not None:
-        store.adopt_training_stages(reuse_from)
+    store = RunStore(out_dir)
     context = MethodContext(model, tokenizer, seed, store, file_digest(model_dir), progress, config,
                             dict(method_settings or {}))  # fmt: skip
-    attributor = create_attributor(method, context)
+    attributor = create_attributor(method, context)  # validates the method's settings
+    if overwrite:
+        store.clear()
+    if reuse_from is not None:
+        store.adopt_training_stages(reuse_from)
     attributor.prepare(train)
     scores = attributor.score(queries)
     if not torch.isfinite(scores).all():

@@ -6,7 +6,8 @@ a finished stage or computes and saves it: the arrays go to `stages/NAME.safeten
 own files (TRAK's, kronfluence's) to the folder `stages/NAME/`, and `stages/NAME.json`, written
 last, marks the stage done. A stage on disk made with other arguments or inputs is refused unless
 the store was opened with overwrite=True, as kronfluence refuses stored factors of other
-arguments. A stage may keep a checkpoint while it runs; a killed run resumes from it.
+arguments; `clear` replaces them (--overwrite). A stage may keep a checkpoint while it runs; a
+killed run resumes from it.
 """
 
 from __future__ import annotations
@@ -76,16 +77,20 @@ class RunStore:
     `root=None` keeps the stages in a temporary folder that lives as long as the store (an
     in-memory run that still gives library methods a place for their files)."""
 
-    def __init__(self, root: str | Path | None = None, overwrite: bool = False):
+    def __init__(self, root: str | Path | None = None):
         self._scratch = tempfile.TemporaryDirectory(prefix="stride-run-") if root is None else None
         self.root = Path(self._scratch.name if self._scratch else root)  # type: ignore[arg-type]
         if self.root.exists() and not self.root.is_dir():
             raise StrideError(f"output path exists and is not a folder: {self.root}")
-        if overwrite:
-            shutil.rmtree(self.root / STAGES, ignore_errors=True)
-            for name in OUTPUTS:
-                (self.root / name).unlink(missing_ok=True)
         (self.root / STAGES).mkdir(parents=True, exist_ok=True)
+
+    def clear(self) -> None:
+        """Delete every stage and final output of the run (--overwrite; callers validate every
+        setting first, so a rejected setting never costs a finished run)."""
+        shutil.rmtree(self.root / STAGES, ignore_errors=True)
+        for name in OUTPUTS:
+            (self.root / name).unlink(missing_ok=True)
+        (self.root / STAGES).mkdir(parents=True)
 
     def _path(self, name: str, suffix: str = "") -> Path:
         return self.root / STAGES / f"{name}{suffix}"

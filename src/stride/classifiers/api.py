@@ -132,10 +132,12 @@ def attribute_classifier(
     overrides: dict[str, Any] = {"layer": layer} if layer else {}
     config = dataclasses.replace(config, **overrides)
     config.validate(len(train) if method == "stride" else None)
-    store = RunStore(out_dir, overwrite=overwrite)
+    store = RunStore(out_dir)
     context = MethodContext(model, None, seed, store, module_digest(model), progress, config,
                             _method_settings(method, method_settings, layer, measurement), task, ensemble)  # fmt: skip
-    attributor = create_attributor(method, context)
+    attributor = create_attributor(method, context)  # validates the method's settings
+    if overwrite:
+        store.clear()
     attributor.prepare(train)
     scores = attributor.score(queries).float().contiguous()
     if not torch.isfinite(scores).all():
