@@ -246,7 +246,7 @@ def counterfactual(
         CounterfactualSpec,
         plot_counterfactual,
         run_counterfactual,
-        select_queries,  # fmt: skip
+        select_queries,
     )
     from stride.lm_training import LMRecipe
 

@@ -21,7 +21,7 @@ from stride.baselines.common import (
     check_positive,
     data_texts,
     parse_settings,
-    require_library,  # fmt: skip
+    require_library,
 )
 from stride.errors import StrideError
 from stride.tasks import Examples
@@ -31,11 +31,13 @@ VARIANTS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
 
 @dataclass
 class Bm25Settings:
-    """Attributes:
-    k1: term-frequency saturation (1.2-2.0 is usual; 1.5 is the common default).
-    b: document-length normalisation (0 = none, 1 = full).
-    variant: the BM25 flavour of `bm25s` ("lucene" = Okapi BM25 with a non-negative idf).
-    lowercase: fold case before splitting into words.
+    """Settings of `bm25`.
+
+    Attributes:
+        k1: term-frequency saturation (1.2-2.0 is usual; 1.5 is the common default).
+        b: document-length normalisation (0 = none, 1 = full).
+        variant: the BM25 flavour of `bm25s` ("lucene" = Okapi BM25 with a non-negative idf).
+        lowercase: fold case before splitting into words.
     """
 
     k1: float = 1.5

@@ -44,15 +44,17 @@ MODULE_SETS = ("blocks", "all")
 
 @dataclass
 class EkfacSettings:
-    """Attributes:
-    strategy: kronfluence's curvature approximation ("ekfac" is the method's own).
-    damping_factor: damping of the inverse; kronfluence's default 1e-8. None lets kronfluence
-        use its heuristic of 0.1 x the mean eigenvalue.
-    use_empirical_fisher: fit the curvature with the data's own next tokens instead of tokens
-        sampled from the model (kronfluence's default is the true Fisher, sampled).
-    modules: "blocks" (linear layers inside the decoder blocks of a causal LM) or "all" (every
-        linear and 2-d convolution layer, the output head included; what classifiers use).
-    batch_size: examples per batch when fitting factors and computing scores.
+    """Settings of `ekfac`.
+
+    Attributes:
+        strategy: kronfluence's curvature approximation ("ekfac" is the method's own).
+        damping_factor: damping of the inverse; kronfluence's default 1e-8. None lets kronfluence
+            use its heuristic of 0.1 x the mean eigenvalue.
+        use_empirical_fisher: fit the curvature with the data's own next tokens instead of tokens
+            sampled from the model (kronfluence's default is the true Fisher, sampled).
+        modules: "blocks" (linear layers inside the decoder blocks of a causal LM) or "all" (every
+            linear and 2-d convolution layer, the output head included; what classifiers use).
+        batch_size: examples per batch when fitting factors and computing scores.
     """
 
     strategy: str = "ekfac"

@@ -21,7 +21,7 @@ from stride.baselines.common import (
     check_choice,
     check_positive,
     load_checkpoints,
-    parse_settings,  # fmt: skip
+    parse_settings,
 )
 from stride.baselines.gradients import projected_gradients
 from stride.baselines.inner_product import FEATURES, InnerProductAttributor, Part
@@ -32,14 +32,16 @@ from stride.tasks import Examples
 
 @dataclass
 class GradSimSettings:
-    """Attributes:
-    proj_dim: dimension of the projected gradients. 4096 keeps the relative error of a projected
-        inner product near 1/sqrt(4096) = 1.6% of the norms' product, at 16 KiB per example.
-    projection: "sjlt" (sparse, O(n_params) per example) or "gaussian" (dense).
-    batch_size: examples per vmap'ed gradient batch (memory: batch_size x n_params floats).
-    checkpoints: further model folders (same tokenizer) whose scores are added (TracIn).
-    include_model: also use the attributed model itself.
-    checkpoint_weights: one weight per model used (e.g. learning rates); default all 1.
+    """Settings of `graddot` and `gradcos`.
+
+    Attributes:
+        proj_dim: dimension of the projected gradients. 4096 keeps the relative error of a projected
+            inner product near 1/sqrt(4096) = 1.6% of the norms' product, at 16 KiB per example.
+        projection: "sjlt" (sparse, O(n_params) per example) or "gaussian" (dense).
+        batch_size: examples per vmap'ed gradient batch (memory: batch_size x n_params floats).
+        checkpoints: further model folders (same tokenizer) whose scores are added (TracIn).
+        include_model: also use the attributed model itself.
+        checkpoint_weights: one weight per model used (e.g. learning rates); default all 1.
     """
 
     proj_dim: int = 4096

@@ -41,12 +41,14 @@ MODULE_SETS = ("blocks", "all")
 
 @dataclass
 class LograSettings:
-    """Attributes:
-    rank: projection rank per side (input and output gradient); the paper's default is 64,
-        so a layer's projected gradient has up to 64 x 64 = 4096 numbers.
-    damping_ratio: lambda_l = damping_ratio x mean eigenvalue of layer l's projected Fisher.
-    modules: "blocks" (linear layers inside the decoder blocks) or "all" (also the output head).
-    batch_size: examples per forward/backward pass.
+    """Settings of `logra`.
+
+    Attributes:
+        rank: projection rank per side (input and output gradient); the paper's default is 64,
+            so a layer's projected gradient has up to 64 x 64 = 4096 numbers.
+        damping_ratio: lambda_l = damping_ratio x mean eigenvalue of layer l's projected Fisher.
+        modules: "blocks" (linear layers inside the decoder blocks) or "all" (also the output head).
+        batch_size: examples per forward/backward pass.
     """
 
     rank: int = 64

@@ -22,10 +22,12 @@ from stride.tasks import Examples
 
 @dataclass
 class RepSimSettings:
-    """Attributes:
-    batch_size: examples per forward pass.
-    layer: causal LMs: index into the model's `hidden_states` (-1 = the last layer, 0 = the
-        embeddings); classifiers: -1 (the penultimate features) or a module name (its output).
+    """Settings of `repsim`.
+
+    Attributes:
+        batch_size: examples per forward pass.
+        layer: causal LMs: index into the model's `hidden_states` (-1 = the last layer, 0 = the
+            embeddings); classifiers: -1 (the penultimate features) or a module name (its output).
     """
 
     batch_size: int = 32

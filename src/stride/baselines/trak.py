@@ -42,7 +42,7 @@ from stride.baselines.common import (
     Checkpoint,
     check_checkpoint_settings,
     check_choice,
-    check_positive,  # fmt: skip
+    check_positive,
     load_checkpoints,
     parse_settings,
     require_library,
@@ -79,24 +79,26 @@ def _sparse_projector(sizes: dict[str, int], proj_dim: int, seed: int) -> Any:
 
 @dataclass
 class TrakSettings:
-    """Attributes:
-    proj_dim: dimension k of the TRAK features; 2048 is TRAKer's default and the authors'
-        recommendation for most models (raise it for larger models and training sets).
-    output: the linearised model output, "loss" or "margin" (see the module docstring).
-    lambda_reg: ridge term added to Phi^T Phi; None means lambda_ratio x its mean eigenvalue.
-    lambda_ratio: the factor of that rule (0.1).
-    projection: "sjlt" (default): a sparse Johnson-Lindenstrauss transform (count sketch, one
-        per checkpoint, as TRAK uses one projection per model), O(n_params) per example;
-        "gaussian": TRAKer's own CPU projector with a dense N(0, 1) matrix, regenerated block
-        by block for every batch (equally valid, many times slower on CPU: 1.1 min per
-        checkpoint here against seconds). Both are JL transforms, which is all TRAK assumes.
-    projection_block: columns of the Gaussian matrix generated at once (at least two blocks
-        are always used).
-    batch_size: examples per vmap'ed gradient batch. TRAKer's CPU projector regenerates the
-        whole projection matrix for every batch, so its cost grows with the number of
-        batches: 128 (memory 128 x n_params floats) was 8x faster than 16 on the benchmark.
-    checkpoints: further model folders (same architecture and tokenizer): TRAK's ensemble.
-    include_model: also use the attributed model itself.
+    """Settings of `trak`.
+
+    Attributes:
+        proj_dim: dimension k of the TRAK features; 2048 is TRAKer's default and the authors'
+            recommendation for most models (raise it for larger models and training sets).
+        output: the linearised model output, "loss" or "margin" (see the module docstring).
+        lambda_reg: ridge term added to Phi^T Phi; None means lambda_ratio x its mean eigenvalue.
+        lambda_ratio: the factor of that rule (0.1).
+        projection: "sjlt" (default): a sparse Johnson-Lindenstrauss transform (count sketch, one
+            per checkpoint, as TRAK uses one projection per model), O(n_params) per example;
+            "gaussian": TRAKer's own CPU projector with a dense N(0, 1) matrix, regenerated block
+            by block for every batch (equally valid, many times slower on CPU: 1.1 min per
+            checkpoint here against seconds). Both are JL transforms, which is all TRAK assumes.
+        projection_block: columns of the Gaussian matrix generated at once (at least two blocks
+            are always used).
+        batch_size: examples per vmap'ed gradient batch. TRAKer's CPU projector regenerates the
+            whole projection matrix for every batch, so its cost grows with the number of
+            batches: 128 (memory 128 x n_params floats) was 8x faster than 16 on the benchmark.
+        checkpoints: further model folders (same architecture and tokenizer): TRAK's ensemble.
+        include_model: also use the attributed model itself.
     """
 
     proj_dim: int = 2048

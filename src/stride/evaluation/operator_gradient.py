@@ -28,13 +28,15 @@ from stride.tasks import Examples
 
 @dataclass
 class OperatorGradientSettings:
-    """Attributes:
-    form: "logit" or "residual", as in StrideConfig.
-    layers: the steered places (decoder block indices for causal LMs); empty: the task's
-        default place, the one STRIDE steers by default.
-    rank: rank r of the basis B; 0 means no basis (B = identity, the full width of the place).
-    normalize: divide every feature vector by its norm first (cosine instead of dot product).
-    batch_size: examples per backward pass.
+    """Settings of the `operator-grad` diagnostic.
+
+    Attributes:
+        form: "logit" or "residual", as in StrideConfig.
+        layers: the steered places (decoder block indices for causal LMs); empty: the task's
+            default place, the one STRIDE steers by default.
+        rank: rank r of the basis B; 0 means no basis (B = identity, the full width of the place).
+        normalize: divide every feature vector by its norm first (cosine instead of dot product).
+        batch_size: examples per backward pass.
     """
 
     form: str = "logit"

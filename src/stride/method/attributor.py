@@ -30,7 +30,7 @@ from stride.method.stages import (
     MembershipArguments,
     OperatorArguments,
     RecoveryArguments,
-    from_config,  # fmt: skip
+    from_config,
 )
 from stride.method.train import OperatorTrainer
 from stride.reproducibility import deterministic_algorithms
