@@ -123,21 +123,22 @@ class RunStore:
                 f"({', '.join(differing)}); pass --overwrite to replace it or choose another output folder"
             )
 
-    def done(self, stage: Stage) -> bool:
-        """True when the stage is on disk with these arguments and inputs; StrideError if with others."""
+    def _finished(self, stage: Stage) -> dict[str, Any] | None:
+        """The recorded info of the stage when it is on disk with these arguments and inputs (None when
+        it is not there); StrideError when it is there with others."""
         meta = self._path(stage.name, ".json")
         if not meta.exists():
-            return False
+            return None
         saved = json.loads(meta.read_text())
         self._check_same(stage.name, saved, stage.record())
-        return True
+        return saved["info"]
 
     def run(self, stage: Stage, compute: Callable[[], StageOutput]) -> StageResult:
         """Load a finished stage, or compute it (from a clean folder) and save it; timed either way."""
-        if self.done(stage):
-            meta = json.loads(self._path(stage.name, ".json").read_text())
-            return StageResult(load_file(str(self._path(stage.name, ".safetensors"))), meta["info"], True,
-                               meta["info"].get("seconds", 0.0))  # fmt: skip
+        info = self._finished(stage)
+        if info is not None:
+            tensors = load_file(str(self._path(stage.name, ".safetensors")))
+            return StageResult(tensors, info, True, info.get("seconds", 0.0))
         shutil.rmtree(self._path(stage.name), ignore_errors=True)
         started = time.perf_counter()
         tensors, info = compute()

@@ -114,7 +114,7 @@ class BaselineArguments:
 class BaselineAttributor(Attributor):
     """An Attributor with parsed settings and a seed, whose query scores are a stored stage.
 
-    Subclasses stage their training-side work in `prepare` (with `_training_stage`) and say how
+    Subclasses stage their training-side work in `_prepare` (with `_new_stage`) and say how
     the scores of a query set are computed in `_scores`."""
 
     def __init__(self, context: MethodContext, settings: Any):
@@ -130,12 +130,12 @@ class BaselineAttributor(Attributor):
     def _arguments(self) -> BaselineArguments:
         return BaselineArguments(self.name, self.seed, self.config, self.context.task.settings())
 
-    def _inputs(self, train: Examples, **more: str) -> dict[str, str]:
-        """Digests of the attributed model and the training set (and of `more` inputs)."""
-        return {"model": self.context.model_digest, "train": train.digest, **more}
-
-    def _training_stage(self, name: str, train: Examples, **more_inputs: str) -> Stage:
-        return Stage(name, self._arguments(), self._inputs(train, **more_inputs))
+    def _new_stage(self, name: str, **more_inputs: str) -> Stage:
+        """A stage of this baseline that reads the model, the prepared training set and `more_inputs`."""
+        if self.train_digest_ is None:
+            raise RuntimeError("call prepare() before score()")
+        inputs = {"model": self.context.model_digest, "train": self.train_digest_, **more_inputs}
+        return Stage(name, self._arguments(), inputs)
 
     def prepare(self, train: Examples) -> None:
         self.train_digest_ = train.digest
@@ -151,10 +151,7 @@ class BaselineAttributor(Attributor):
 
     def score(self, queries: Examples) -> torch.Tensor:
         """The scores of `queries`, a stored stage of their own (a rerun loads them)."""
-        if self.train_digest_ is None:
-            raise RuntimeError("call prepare() before score()")
-        inputs = {"model": self.context.model_digest, "train": self.train_digest_, QUERY_INPUT: queries.digest}
-        stage = Stage("scores", self._arguments(), inputs)
+        stage = self._new_stage("scores", **{QUERY_INPUT: queries.digest})
         tensors, _ = self._stage(stage, lambda: ({"scores": self._scores(queries).float()}, {}))
         return tensors["scores"]
 

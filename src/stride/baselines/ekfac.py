@@ -187,7 +187,7 @@ class EkfacAttributor(BaselineAttributor):
 
     def _prepare(self, train: Examples) -> None:
         self.train_ = _Examples(train, "train")
-        stage = self._training_stage("ekfac_factors", train)
+        stage = self._new_stage("ekfac_factors")
         self.factors_folder_ = self.store.folder(stage)
         self._stage(stage, self._fit_factors)
 

@@ -57,7 +57,7 @@ class InnerProductAttributor(BaselineAttributor):
     def _prepare(self, train: Examples) -> None:
         self.parts_ = self._parts()
         for position, part in enumerate(self.parts_):
-            stage = self._training_stage(f"train_features_{position}", train, part=part.digest)
+            stage = self._new_stage(f"train_features_{position}", part=part.digest)
 
             # a typed def rather than a lambda with a default argument, whose type mypy cannot infer
             def compute(part: Part = part) -> StageOutput:

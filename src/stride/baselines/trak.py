@@ -200,7 +200,7 @@ class TrakAttributor(BaselineAttributor):
         config = self.config
         self.checkpoints_ = load_checkpoints(self.context, config.checkpoints, config.include_model)
         digests = {f"checkpoint {position}": c.digest for position, c in enumerate(self.checkpoints_)}
-        stage = self._training_stage("trak_features", train, **digests)
+        stage = self._new_stage("trak_features", **digests)
         self.features_folder_ = self.store.folder(stage)
         self.n_train_ = len(train)
         tensors, _ = self._stage(stage, lambda: self._featurize(train))
