@@ -71,8 +71,17 @@ def test_validate_checks_types_of_settings_built_in_python(fields, fragment):
     _one_line_error(lambda: StrideConfig(**fields).validate(), fragment)
 
 
-def test_numpy_numbers_built_in_python_are_accepted():
-    StrideConfig(rank=np.int64(4), learning_rate=np.float32(0.01), first_order_weight=np.float64(0.5)).validate()
+def test_numpy_numbers_built_in_python_are_accepted_and_checked_like_python_numbers():
+    config = StrideConfig(rank=np.int64(4), learning_rate=np.float32(0.01), first_order_weight=np.float64(0.5))
+    try:
+        config.validate()
+    except StrideError as exc:
+        pytest.fail(f"numpy numbers of the right kind were refused: {exc}")
+    assert (config.rank, config.first_order_weight) == (4, 0.5)
+    _one_line_error(lambda: StrideConfig(rank=np.float64(4.0)).validate(),
+                    "rank (STRIDE setting) must be an integer, got", "(float64)")  # fmt: skip
+    _one_line_error(lambda: StrideConfig(learning_rate=np.float32("nan")).validate(),
+                    "learning_rate (STRIDE setting) must be a finite number, got", "nan", "(float32)")  # fmt: skip
 
 
 def test_baseline_settings_of_the_wrong_type_are_refused():
