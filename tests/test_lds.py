@@ -78,14 +78,12 @@ def test_multi_seed_target_is_seed_mean():
 
 def test_hand_worked_tiny_case():
     # 3 training points, 4 subsets: S1={0}, S2={1}, S3={0,1}, S4={2}.
-    subsets = np.array(
-        [[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=bool
-    )
+    subsets = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=bool)
     scores = np.array(
         [
             [1.0, 2.0, 4.0],  # query 0
             [1.0, 1.0, 0.0],  # query 1
-            [0.0, 0.0, 0.0],  # query 2 (constant prediction -> NaN)
+            [0.0, 0.0, 0.0],  # query 2 (constant prediction -> LDS 0)
         ]
     )
     losses = np.array(
@@ -103,7 +101,7 @@ def test_hand_worked_tiny_case():
     #   -f = [-0.3, -0.2, -0.1, -0.4] -> ranks [2, 3, 4, 1];
     #   centred ranks x = [0, 0, 1.5, -1.5], y = [-0.5, 0.5, 1.5, -1.5];
     #   sum xy = 4.5, sum x^2 = 4.5, sum y^2 = 5 -> rho = 4.5/sqrt(22.5) = sqrt(0.9).
-    # Query 2: g = [0, 0, 0, 0] is constant -> NaN, excluded.
+    # Query 2: g = [0, 0, 0, 0] is constant -> LDS 0 (the method says nothing about it).
     np.testing.assert_array_equal(
         predicted_outputs(scores, subsets),
         np.array([[1, 1, 0], [2, 1, 0], [3, 2, 0], [4, 0, 0]], dtype=float),
@@ -111,15 +109,25 @@ def test_hand_worked_tiny_case():
     per_query = lds_per_query(scores, subsets, losses)
     assert per_query[0] == pytest.approx(0.8, abs=1e-12)
     assert per_query[1] == pytest.approx(math.sqrt(0.9), abs=1e-12)
-    assert math.isnan(per_query[2])
+    assert per_query[2] == 0.0
 
     report = evaluate_lds(scores, subsets, losses)
-    assert report.mean == pytest.approx((0.8 + math.sqrt(0.9)) / 2, abs=1e-12)
-    assert report.n_excluded == 1
+    assert report.mean == pytest.approx((0.8 + math.sqrt(0.9) + 0.0) / 3, abs=1e-12)
+    assert report.n_excluded == 0
+    assert report.n_constant_predictions == 1
     assert report.n_queries == 3
     assert report.n_subsets == 4
     assert report.n_seeds == 1
     assert report.ceiling is None
+
+
+def test_constant_target_is_excluded_and_constant_prediction_counts_as_zero():
+    subsets = np.array([[1, 0], [0, 1], [1, 1], [0, 0]], dtype=bool)
+    losses = np.array([[0.5, 0.2], [0.5, 0.4], [0.5, 0.1], [0.5, 0.9]])  # query 0's target is constant
+    zeros = np.zeros((2, 2))
+    report = evaluate_lds(zeros, subsets, losses)
+    assert math.isnan(report.per_query[0]) and report.per_query[1] == 0.0
+    assert report.n_excluded == 1 and report.n_constant_predictions == 2 and report.mean == 0.0
 
 
 def test_spearman_columns_constant_and_shape():

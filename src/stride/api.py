@@ -6,6 +6,7 @@ import dataclasses
 import json
 import platform
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from safetensors.torch import save_file
 from stride import __version__
 from stride.attributor import MethodContext
 from stride.config import StrideConfig
-from stride.core.digest import file_digest
+from stride.core.digest import content_digest, file_digest
 from stride.core.jsonio import write_json
 from stride.data import TokenizedData, load_data, write_jsonl
 from stride.errors import StrideError
@@ -87,41 +88,64 @@ def attribute(
     if method not in available_methods():
         raise StrideError(f"unknown method {method!r}; available: {', '.join(available_methods())}")
     n_threads = set_threads(threads)
+    check_seed(seed)
     torch.manual_seed(seed)
     model, tokenizer = load_causal_lm(model_dir, trust_remote_code=trust_remote_code)
     max_length = resolve_max_length(config.max_length, model, tokenizer)
     train = load_data(train_path, tokenizer, max_length, name="training set")
     queries = load_data(queries_path, tokenizer, max_length, name="queries")
     config.validate(len(train))
-    store = RunStore(out_dir)
-    context = MethodContext(model, tokenizer, seed, store, file_digest(model_dir), progress, config,
-                            dict(method_settings or {}))  # fmt: skip
-    attributor = create_attributor(method, context)  # validates the method's settings
-    if overwrite:
-        store.clear()
-    if reuse_from is not None:
-        store.adopt_training_stages(reuse_from)
-    attributor.prepare(train)
-    scores = attributor.score(queries)
-    if not torch.isfinite(scores).all():
-        raise StrideError("the scores contain NaN or inf; the stage files are kept in the output folder")
-    info = {
-        "method": method,
-        "settings": attributor.settings(),
-        "seed": seed,
-        "threads": n_threads,
-        "inputs": {"model": str(model_dir), "train": str(train_path), "queries": str(queries_path)},
-        "n_train": len(train),
-        "n_queries": len(queries),
-        "max_length": max_length,
-        "truncated": {"train": train.n_truncated, "queries": queries.n_truncated},
-        "model_parameters": parameter_count(model),
-        "timings_seconds": {**attributor.timings, "total": time.perf_counter() - started},
-        "stages": attributor.stage_info,
-        "versions": versions(),
-    }
-    write_outputs(Path(out_dir), scores, info, train, queries)
+    digests = input_digests(model_dir, train_path, queries_path)
+    with RunStore(out_dir).locked() as store:
+        context = MethodContext(model, tokenizer, seed, store, digests["model"], progress, config,
+                                dict(method_settings or {}))  # fmt: skip
+        attributor = create_attributor(method, context)  # validates the method's settings
+        store.claim({"method": method, "model": digests["model"], "train": digests["train"]}, overwrite)
+        if reuse_from is not None:
+            store.adopt_training_stages(reuse_from)
+        attributor.prepare(train)
+        scores = attributor.score(queries)
+        if not torch.isfinite(scores).all():
+            raise StrideError("the scores contain NaN or inf; the stage files are kept in the output folder")
+        info = {
+            "method": method,
+            "settings": attributor.settings(),
+            "seed": seed,
+            "threads": n_threads,
+            "inputs": {  # absolute paths: `stride report` reopens them
+                "model": str(Path(model_dir).resolve()),
+                "train": str(Path(train_path).resolve()),
+                "queries": str(Path(queries_path).resolve()),
+            },
+            "digests": digests,
+            "n_train": len(train),
+            "n_queries": len(queries),
+            "max_length": max_length,
+            "truncated": {"train": train.n_truncated, "queries": queries.n_truncated},
+            "model_parameters": parameter_count(model),
+            "timings_seconds": {**attributor.timings, "total": time.perf_counter() - started},
+            "stages": attributor.stage_info,
+            "versions": versions(),
+        }
+        write_outputs(Path(out_dir), scores, info, train, queries)
+        store.finish()
     return AttributionResult(scores, Path(out_dir), info)
+
+
+def check_seed(seed: int) -> None:
+    """Seeds feed numpy's and torch's generators, which take 0 to 2**32 - 1 (numpy) or 2**63 - 1."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise StrideError(f"seed must be an integer from 0 to {2**32 - 1}, got {seed!r}")
+
+
+def input_digests(model_dir: str | Path, train_path: str | Path, queries_path: str | Path) -> dict[str, str]:
+    """sha256 of the model folder and of the contents of the training and query data: recorded with
+    the scores, so ground truth made on other data is recognised."""
+    return {
+        "model": file_digest(model_dir),
+        "train": content_digest(train_path),
+        "queries": content_digest(queries_path),
+    }
 
 
 def versions() -> dict[str, str]:
@@ -162,26 +186,47 @@ def write_outputs(
 ) -> None:
     """scores.safetensors, info.json and top.jsonl in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({"scores": scores.float().contiguous()}, str(out_dir / "scores.safetensors"))
+    digests = {f"{name}_sha256": value for name, value in info.get("digests", {}).items()}
+    save_file({"scores": scores.float().contiguous()}, str(out_dir / "scores.safetensors"), metadata=digests)
     write_json(out_dir / "info.json", info)
     write_jsonl(top_examples(scores, train, queries), out_dir / "top.jsonl")
 
 
 def load_scores(path: str | Path) -> np.ndarray:
     """A score matrix from `scores.safetensors` (tensor `scores`) or a `.npy` file."""
-    from safetensors.numpy import load_file
+    return read_scores(path)[0]
+
+
+def read_scores(path: str | Path) -> tuple[np.ndarray, dict[str, str]]:
+    """A score matrix (float [n_queries, n_train]) and the input digests recorded beside it
+    (`model`, `train`, `queries`; none for a `.npy` file)."""
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if path.is_dir():
         path = path / "scores.safetensors"
     if not path.is_file():
         raise StrideError(f"score file not found: {path}")
+    digests: dict[str, str] = {}
     if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    arrays = load_file(str(path))
-    if "scores" not in arrays:
-        raise StrideError(f"{path} holds no tensor named 'scores' (found {sorted(arrays)})")
-    return arrays["scores"]
+        try:
+            scores = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise StrideError(f"{path} is not a plain numeric .npy array ({exc})") from None
+    else:
+        try:
+            with safe_open(str(path), framework="numpy") as handle:
+                if "scores" not in handle.keys():  # noqa: SIM118 (safe_open handles have keys(), not __contains__)
+                    raise StrideError(f"{path} holds no tensor named 'scores' (found {sorted(handle.keys())})")
+                scores = handle.get_tensor("scores")
+                metadata = handle.metadata() or {}
+        except SafetensorError as exc:
+            raise StrideError(f"{path} is not a readable safetensors file ({exc}); pass a scores.safetensors "
+                              "written by stride attribute, or a .npy array") from None  # fmt: skip
+        digests = {key.removesuffix("_sha256"): value for key, value in metadata.items() if key.endswith("_sha256")}
+    if scores.ndim != 2 or not np.issubdtype(scores.dtype, np.number) or scores.dtype == np.bool_:
+        raise StrideError(f"{path} must hold a numeric [n_queries, n_train] matrix, got {scores.dtype} {scores.shape}")
+    return scores, digests
 
 
 def read_info(out_dir: str | Path) -> dict[str, Any]:
@@ -212,15 +257,22 @@ def groundtruth(
 def lds(scores_path: str | Path, groundtruth_dir: str | Path, out_path: str | Path | None = None,
         plot_path: str | Path | None = None, seed: int = 0) -> Any:  # fmt: skip
     """LDS of a score matrix against a ground-truth folder, with a bootstrap CI and the seed ceiling."""
-    from stride.evaluation.groundtruth import load_groundtruth
+    from stride.evaluation.groundtruth import groundtruth_digests, load_groundtruth
     from stride.evaluation.lds import evaluate_lds
 
-    scores = load_scores(scores_path)
+    scores, score_digests = read_scores(scores_path)
     subsets, losses = load_groundtruth(groundtruth_dir)
+    check_same_inputs(score_digests, groundtruth_digests(groundtruth_dir), scores_path, groundtruth_dir)
     try:
         report = evaluate_lds(scores, subsets, losses, seed=seed)
     except ValueError as exc:
         raise StrideError(f"cannot compare {scores_path} with {groundtruth_dir}: {exc}") from exc
+    if report.n_constant_predictions:
+        warnings.warn(
+            f"{report.n_constant_predictions} of {report.n_queries} queries have the same predicted output on "
+            "every subset (e.g. all their scores are equal); each counts as LDS 0",
+            stacklevel=2,
+        )
     if out_path is not None:
         write_json(Path(out_path), report.to_dict())
     if plot_path is not None:
@@ -228,6 +280,24 @@ def lds(scores_path: str | Path, groundtruth_dir: str | Path, out_path: str | Pa
 
         plot_lds(report, scores, subsets, losses, plot_path)
     return report
+
+
+def check_same_inputs(scores: dict[str, str], truth: dict[str, str], scores_path: Any, truth_path: Any) -> None:
+    """Refuse scores computed on another model, training set or query set than the ground truth; warn
+    when either side records no digests (a .npy file, ground truth from an earlier version)."""
+    if not scores or not truth:
+        side = scores_path if not scores else truth_path
+        warnings.warn(f"{side} records no input digests, so nothing checks that the scores and the ground "
+                      "truth were made on the same model and data", stacklevel=3)  # fmt: skip
+        return
+    differing = [name for name in ("model", "train", "queries") if name in scores and name in truth
+                 and scores[name] != truth[name]]  # fmt: skip
+    if differing:
+        labels = {"model": "model", "train": "training set", "queries": "query set"}
+        raise StrideError(
+            f"the scores in {scores_path} were computed on another {' and '.join(labels[d] for d in differing)} "
+            f"than the ground truth in {truth_path}; compare scores and ground truth made on the same data"
+        )
 
 
 def counterfactual(

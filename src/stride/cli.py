@@ -81,8 +81,8 @@ def _groundtruth(args: argparse.Namespace) -> None:
     summary = groundtruth(
         args.model, args.train, args.queries, args.out, regime=args.regime, base_dir=args.base,
         protocol=args.protocol, fraction=args.fraction, n_subsets=args.subsets, n_seeds=args.seeds,
-        recipe=recipe, seed=args.seed, workers=args.workers, threads_per_worker=args.threads or 1,
-        progress=not args.quiet,
+        recipe=recipe, seed=args.seed, workers=args.workers,
+        threads_per_worker=1 if args.threads is None else args.threads, progress=not args.quiet,
     )  # fmt: skip
     ceiling = summary.get("ceiling_single_seed")
     print(f"wrote {args.out}/losses.safetensors" + (f" (seed-vs-seed ceiling {ceiling:.3f})" if ceiling else ""))
@@ -126,7 +126,7 @@ def _counterfactual(args: argparse.Namespace) -> None:
     report = counterfactual(
         args.model, args.train, args.queries, args.scores, args.out, regime=args.regime, base_dir=args.base,
         ks=args.k, n_seeds=args.seeds, queries_subset=subset, recipe=recipe, seed=args.seed, workers=args.workers,
-        threads_per_worker=args.threads or 1, progress=not args.quiet, plot_path=plot,
+        threads_per_worker=1 if args.threads is None else args.threads, progress=not args.quiet, plot_path=plot,
     )  # fmt: skip
     seeds = f"{report.n_seeds} seed" + ("s" if report.n_seeds > 1 else "")
     print(

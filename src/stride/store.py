@@ -4,20 +4,32 @@ A `Stage` names one step and records what shapes its output: its arguments (a da
 digests of the inputs it reads (model, training set, queries, checkpoints). `RunStore.run` loads
 a finished stage or computes and saves it: the arrays go to `stages/NAME.safetensors`, a library's
 own files (TRAK's, kronfluence's) to the folder `stages/NAME/`, and `stages/NAME.json`, written
-last, marks the stage done. A stage on disk made with other arguments or inputs is refused unless
-the store was opened with overwrite=True, as kronfluence refuses stored factors of other
-arguments; `clear` replaces them (--overwrite). A stage may keep a checkpoint while it runs; a
-killed run resumes from it.
+last, marks the stage done and records a checksum of the arrays and the library files; a stage
+whose files no longer match it (truncated, edited) is reported and recomputed, never loaded. A
+stage on disk made with other arguments or inputs is refused, as kronfluence refuses stored
+factors of other arguments. A stage may keep a checkpoint while it runs; a killed run resumes
+from it.
+
+The run as a whole: `run.json` records the method and the digests of the model and the training
+set, so a folder holding another method's run, or a run on another model or training set, is
+refused before anything is computed (settings that differ are caught stage by stage, so a run
+extended with a second design keeps its first); `clear`
+(--overwrite) moves the old run aside and `finish` deletes it once the new run is written. A lock
+file lets one process at a time use a run folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
+import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +37,17 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from stride.core.digest import file_digest
 from stride.core.jsonio import to_json, write_json
 from stride.errors import StrideError
 
 STAGES = "stages"
-OUTPUTS = ("scores.safetensors", "info.json", "top.jsonl")
+RUN_RECORD = "run.json"
+OUTPUTS = ("scores.safetensors", "info.json", "top.jsonl", RUN_RECORD)
+LOCK_FILE = ".lock"
+REPLACED = ".replaced-"  # prefix of an old run moved aside by --overwrite until the new one is written
 QUERY_INPUT = "queries"
+FOREIGN_MARKERS = {"spec.json": "ground truth or counterfactual retrains", "retrains": "retrains"}
 
 Tensors = dict[str, torch.Tensor]
 StageOutput = tuple[Tensors, dict[str, Any]]
@@ -39,11 +56,14 @@ StageOutput = tuple[Tensors, dict[str, Any]]
 @dataclass(frozen=True)
 class Stage:
     """One cached step: its name in the run folder, the arguments dataclass that shapes its output
-    and the digests of the inputs it reads (a stage that reads `queries` is query-side)."""
+    and the digests of the inputs it reads (a stage that reads `queries` is query-side).
+    `rewritten` names files of its library folder that the library rewrites after the stage
+    (traker's experiments.json), which its checksum leaves out."""
 
     name: str
     arguments: Any
     inputs: dict[str, str]
+    rewritten: tuple[str, ...] = ()
 
     def record(self) -> dict[str, Any]:
         """What the run folder keeps to recognise this stage: JSON of its arguments and inputs."""
@@ -58,6 +78,38 @@ class StageResult:
     info: dict[str, Any]
     reused: bool
     seconds: float
+
+
+@contextlib.contextmanager
+def exclusive(folder: Path) -> Iterator[None]:
+    """Hold `folder`'s lock file: a second process using the same folder is refused, naming the
+    process that holds it. The lock goes with the process, so a killed run leaves none behind."""
+    handle = (folder / LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise StrideError(
+            f"another stride process (pid {holder}) is using the folder {folder}; "
+            "wait for it to finish or choose another output folder"
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _differing(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """The dotted keys whose values differ between two nested records."""
+    saved, wanted = _flatten(saved), _flatten(wanted)
+    return sorted(key for key in set(saved) | set(wanted) if saved.get(key) != wanted.get(key))
 
 
 def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -84,13 +136,56 @@ class RunStore:
             raise StrideError(f"output path exists and is not a folder: {self.root}")
         (self.root / STAGES).mkdir(parents=True, exist_ok=True)
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[RunStore]:
+        """Hold the run folder's lock (see `exclusive`) while the run uses it."""
+        with exclusive(self.root):
+            yield self
+
+    def claim(self, identity: dict[str, Any], overwrite: bool) -> None:
+        """Record in run.json which run this folder holds (method, model and training set); a folder
+        holding another run is refused, naming what differs, or with `overwrite` cleared. Callers
+        validate every setting first, so a rejected setting never costs a finished run."""
+        for marker, what in FOREIGN_MARKERS.items():
+            if (self.root / marker).exists():
+                raise StrideError(
+                    f"{self.root} holds {what} ({marker}), not an attribution run; choose another output folder"
+                )
+        wanted = to_json(identity)
+        saved = self._saved_identity()
+        if overwrite:
+            self.clear()
+        elif saved is not None and saved != wanted:
+            differing = _differing(saved, wanted)
+            raise StrideError(
+                f"{self.root} holds another run ({', '.join(f'its {key} differs' for key in differing)}); "
+                "pass --overwrite to replace it or choose another output folder"
+            )
+        write_json(self.root / RUN_RECORD, wanted)
+
+    def _saved_identity(self) -> dict[str, Any] | None:
+        path = self.root / RUN_RECORD
+        if path.exists():
+            return json.loads(path.read_text())
+        info = self.root / "info.json"
+        if info.exists():  # a run written before run.json existed: its method at least must match
+            return {"method": json.loads(info.read_text()).get("method")}
+        return None
+
     def clear(self) -> None:
-        """Delete every stage and final output of the run (--overwrite; callers validate every
-        setting first, so a rejected setting never costs a finished run)."""
-        shutil.rmtree(self.root / STAGES, ignore_errors=True)
-        for name in OUTPUTS:
-            (self.root / name).unlink(missing_ok=True)
+        """Move every stage and final output of the run aside (one rename each), to be deleted by
+        `finish` once the new run is written; a failed new run leaves the old one in `.replaced-*`."""
+        aside = self.root / f"{REPLACED}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        for name in (STAGES, *OUTPUTS):
+            if (self.root / name).exists():
+                aside.mkdir(exist_ok=True)
+                os.replace(self.root / name, aside / name)
         (self.root / STAGES).mkdir(parents=True)
+
+    def finish(self) -> None:
+        """Delete old runs moved aside by `clear` (call when the new run's outputs are written)."""
+        for old in self.root.glob(REPLACED + "*"):
+            shutil.rmtree(old, ignore_errors=True)
 
     def _path(self, name: str, suffix: str = "") -> Path:
         return self.root / STAGES / f"{name}{suffix}"
@@ -114,9 +209,7 @@ class RunStore:
                 f"{self.root} holds a '{what}' stage written by an earlier version of stride; "
                 "pass --overwrite to replace it or choose another output folder"
             )
-        saved = _flatten({part: saved[part] for part in ("arguments", "inputs")})
-        wanted = _flatten(wanted)
-        differing = sorted(key for key in set(saved) | set(wanted) if saved.get(key) != wanted.get(key))
+        differing = _differing({part: saved[part] for part in ("arguments", "inputs")}, wanted)
         if differing:
             raise StrideError(
                 f"{self.root} holds a run whose '{what}' stage used other settings or inputs "
@@ -131,7 +224,41 @@ class RunStore:
             return None
         saved = json.loads(meta.read_text())
         self._check_same(stage.name, saved, stage.record())
+        damage = self._damage(stage.name, saved.get("checksum"))
+        if damage:
+            warnings.warn(f"stage '{stage.name}' in {self.root} is damaged ({damage}); recomputing it", stacklevel=3)
+            meta.unlink()
+            return None
         return saved["info"]
+
+    def _checksum(self, stage: Stage) -> dict[str, Any]:
+        """sha256 of a stage's arrays file and of each file in its library folder."""
+        folder = self._path(stage.name)
+        files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+        return {
+            "arrays": file_digest(self._path(stage.name, ".safetensors")),
+            "files": {
+                str(p.relative_to(folder)): file_digest(p)
+                for p in files
+                if str(p.relative_to(folder)) not in stage.rewritten
+            },
+        }
+
+    def _damage(self, name: str, recorded: dict[str, Any] | None) -> str:
+        """What no longer matches a finished stage's recorded checksum ('' when all does). Files a
+        library adds to its folder later (TRAK's scores of a query set) are not checked."""
+        if recorded is None:
+            return "it has no checksum"
+        arrays = self._path(name, ".safetensors")
+        if not arrays.is_file():
+            return f"{arrays.name} is missing"
+        if file_digest(arrays) != recorded["arrays"]:
+            return f"{arrays.name} changed since it was written"
+        for relative, digest in recorded["files"].items():
+            path = self._path(name) / relative
+            if not path.is_file() or file_digest(path) != digest:
+                return f"its library file {relative} is missing or changed"
+        return ""
 
     def run(self, stage: Stage, compute: Callable[[], StageOutput]) -> StageResult:
         """Load a finished stage, or compute it (from a clean folder) and save it; timed either way."""
@@ -145,7 +272,7 @@ class RunStore:
         seconds = time.perf_counter() - started
         info = {**info, "seconds": seconds}
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(self._path(stage.name, ".safetensors")))
-        write_json(self._path(stage.name, ".json"), {**stage.record(), "info": info})
+        write_json(self._path(stage.name, ".json"), {**stage.record(), "info": info, "checksum": self._checksum(stage)})
         for suffix in (".ckpt", ".ckpt.json"):
             self._path(stage.name, suffix).unlink(missing_ok=True)
         return StageResult(tensors, info, False, seconds)

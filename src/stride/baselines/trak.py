@@ -27,6 +27,7 @@ lambda defaults to 0.1 x its mean eigenvalue for each checkpoint.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -200,7 +201,7 @@ class TrakAttributor(BaselineAttributor):
         config = self.config
         self.checkpoints_ = load_checkpoints(self.context, config.checkpoints, config.include_model)
         digests = {f"checkpoint {position}": c.digest for position, c in enumerate(self.checkpoints_)}
-        stage = self._new_stage("trak_features", **digests)
+        stage = dataclasses.replace(self._new_stage("trak_features", **digests), rewritten=("experiments.json",))
         self.features_folder_ = self.store.folder(stage)
         self.n_train_ = len(train)
         tensors, _ = self._stage(stage, lambda: self._featurize(train))

@@ -109,7 +109,7 @@ def attribute_classifier(
         overwrite: replace a run with other settings in `out_dir`.
         progress: show progress bars.
     """
-    from stride.api import set_threads
+    from stride.api import check_seed, set_threads
 
     started = time.perf_counter()
     if method not in METHODS:
@@ -118,6 +118,7 @@ def attribute_classifier(
         raise StrideError(f"checkpoints are used by {list(ENSEMBLE_METHODS)} only, not by {method!r}")
     task = ClassifierTask(measurement)
     n_threads = set_threads(threads)
+    check_seed(seed)
     torch.manual_seed(seed)
     model = _frozen(model)
     ensemble = [_frozen(other) for other in checkpoints]
@@ -132,24 +133,27 @@ def attribute_classifier(
     overrides: dict[str, Any] = {"layer": layer} if layer else {}
     config = dataclasses.replace(config, **overrides)
     config.validate(len(train) if method == "stride" else None)
-    store = RunStore(out_dir)
-    context = MethodContext(model, None, seed, store, module_digest(model), progress, config,
-                            _method_settings(method, method_settings, layer, measurement), task, ensemble)  # fmt: skip
-    attributor = create_attributor(method, context)  # validates the method's settings
-    if overwrite:
-        store.clear()
-    attributor.prepare(train)
-    scores = attributor.score(queries).float().contiguous()
-    if not torch.isfinite(scores).all():
-        raise StrideError("the scores contain NaN or inf: check the model (and the stage files in out_dir)")
-    if out_dir is not None:
-        info = {
-            "method": method, "settings": attributor.settings(), "seed": seed, "threads": n_threads,
-            "n_train": len(train), "n_queries": len(queries), "n_classes": n_classes,
-            "n_checkpoints": len(ensemble), "model_parameters": sum(p.numel() for p in model.parameters()),
-            "timings_seconds": {**attributor.timings, "total": time.perf_counter() - started},
-            "stages": attributor.stage_info,
-        }  # fmt: skip
-        save_file({"scores": scores}, str(Path(out_dir) / "scores.safetensors"))
-        write_json(Path(out_dir) / "info.json", info)
+    model_digest = module_digest(model)
+    with RunStore(out_dir).locked() as store:
+        settings = _method_settings(method, method_settings, layer, measurement)
+        context = MethodContext(model, None, seed, store, model_digest, progress, config, settings, task, ensemble)
+        attributor = create_attributor(method, context)  # validates the method's settings
+        digests = {"model": model_digest, "train": train.digest, "queries": queries.digest}
+        store.claim({"method": method, "model": digests["model"], "train": digests["train"]}, overwrite)
+        attributor.prepare(train)
+        scores = attributor.score(queries).float().contiguous()
+        if not torch.isfinite(scores).all():
+            raise StrideError("the scores contain NaN or inf: check the model (and the stage files in out_dir)")
+        if out_dir is not None:
+            info = {
+                "method": method, "settings": attributor.settings(), "seed": seed, "threads": n_threads,
+                "n_train": len(train), "n_queries": len(queries), "n_classes": n_classes, "digests": digests,
+                "n_checkpoints": len(ensemble), "model_parameters": sum(p.numel() for p in model.parameters()),
+                "timings_seconds": {**attributor.timings, "total": time.perf_counter() - started},
+                "stages": attributor.stage_info,
+            }  # fmt: skip
+            metadata = {f"{name}_sha256": value for name, value in digests.items()}
+            save_file({"scores": scores}, str(Path(out_dir) / "scores.safetensors"), metadata=metadata)
+            write_json(Path(out_dir) / "info.json", info)
+        store.finish()
     return scores

@@ -29,14 +29,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from stride.core.digest import file_digest
 from stride.core.jsonio import to_json, write_json
 from stride.errors import StrideError
-from stride.evaluation.groundtruth import REGIMES, claim_folder, run_retrains
+from stride.evaluation.groundtruth import REGIMES, claim_folder, run_retrains, save_arrays
 from stride.evaluation.lds import bootstrap_ci
 from stride.lm_training import LMRecipe
+from stride.store import exclusive
 
 DEFAULT_KS = (10, 20, 50)
 
@@ -202,20 +203,23 @@ def run_counterfactual(spec: CounterfactualSpec, scores: np.ndarray, out_dir: st
         raise StrideError("the scores contain NaN or inf")
     spec.validate(n_train, n_queries)
     out_dir = Path(out_dir)
-    (out_dir / "retrains").mkdir(parents=True, exist_ok=True)
     identity = {**dataclasses.asdict(spec), "train_digest": file_digest(spec.train),
                 "queries_digest": file_digest(spec.queries), "scores_digest": _array_digest(scores)}  # fmt: skip
-    claim_folder(out_dir, identity, "a counterfactual run")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive(out_dir):
+        claim_folder(out_dir, identity, "a counterfactual run")
+        return _retrain_and_report(spec, scores, out_dir, n_queries, workers, threads_per_worker, progress)
 
-    removals_path = out_dir / "removals.safetensors"
-    if removals_path.exists():
-        removals = {name: t.numpy() for name, t in load_file(str(removals_path)).items()}
-    else:
-        removals = {
-            "top": top_k_removals(scores, spec.query_indices, spec.ks[-1]),
-            "random": random_removals(n_train, spec.query_indices, spec.n_seeds, spec.ks[-1], spec.seed),
-        }
-        save_file({name: torch.as_tensor(a) for name, a in removals.items()}, str(removals_path))
+
+def _retrain_and_report(spec: CounterfactualSpec, scores: np.ndarray, out_dir: Path, n_queries: int, workers: int,
+                        threads_per_worker: int, progress: bool) -> CounterfactualReport:  # fmt: skip
+    """Run the retrains not yet on disk, then write losses.safetensors and report.json."""
+    n_train = scores.shape[1]
+    removals = {
+        "top": top_k_removals(scores, spec.query_indices, spec.ks[-1]),
+        "random": random_removals(n_train, spec.query_indices, spec.n_seeds, spec.ks[-1], spec.seed),
+    }
+    save_arrays({name: torch.as_tensor(a) for name, a in removals.items()}, out_dir / "removals.safetensors")
 
     def job(kind: str, seed: int, k: int = 0, j: int = 0) -> tuple[str, int, np.ndarray, str]:
         """Retrain without the k examples of `kind` for the j-th selected query ("full": none removed)."""
@@ -244,7 +248,7 @@ def run_counterfactual(spec: CounterfactualSpec, scores: np.ndarray, out_dir: st
 
     arrays = {"full": stacked(full_jobs), **{kind: stacked(nested) for kind, nested in removal_jobs.items()},
               "ks": torch.as_tensor(spec.ks), "query_indices": torch.as_tensor(spec.query_indices)}  # fmt: skip
-    save_file(arrays, str(out_dir / "losses.safetensors"))
+    save_arrays(arrays, out_dir / "losses.safetensors")
     report = counterfactual_report(arrays["full"].numpy(), arrays["top"].numpy(), arrays["random"].numpy(),
                                    spec.ks, spec.query_indices, seed=spec.seed)  # fmt: skip
     report.run = {

@@ -15,8 +15,10 @@ The predicted output of retrain ``j`` on query ``x`` is
 ``g_j(x) = sum_{i in S_j} score_i(x)`` and ``LDS(x)`` is the Spearman rank
 correlation over ``j`` between ``g_j(x)`` and ``-f_j(x)`` (the negated retrained
 loss). Ties get average ranks, as in :func:`scipy.stats.spearmanr`. A query
-whose prediction or target is constant across subsets gets NaN and is excluded
-from the mean.
+whose prediction is constant across subsets (e.g. all its scores are zero) gets
+LDS 0: the method says nothing about it, and every method is judged on the same
+queries. A query whose target is constant (the ground truth cannot rank its
+subsets) gets NaN and is excluded from the mean, for every method alike.
 """
 
 from __future__ import annotations
@@ -157,15 +159,25 @@ def lds_per_query(scores: np.ndarray, subsets: np.ndarray, losses: np.ndarray) -
             with several seeds the losses are averaged over seeds first.
 
     Returns:
-        LDS per query ``[n_queries]``; NaN where the prediction or the target is
-        constant across subsets.
+        LDS per query ``[n_queries]``; 0 where the prediction is constant across
+        subsets, NaN where the target is.
 
     Raises:
         ValueError: on invalid or inconsistent inputs (see :func:`evaluate_lds`).
     """
     scores, subsets, losses = _validate(scores, subsets, losses)
     pred = subsets.astype(np.float64) @ scores.T
-    return spearman_columns(pred, -losses.mean(axis=0))
+    return _rank_agreement(pred, -losses.mean(axis=0))
+
+
+def _rank_agreement(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Spearman per column between predictions and targets [m, n_queries]; 0 where the prediction is
+    constant and the target is not, NaN where the target is constant."""
+    per_query = spearman_columns(pred, target)
+    constant_prediction = np.ptp(pred, axis=0) == 0
+    constant_target = np.ptp(target, axis=0) == 0
+    per_query[constant_prediction & ~constant_target] = 0.0
+    return per_query
 
 
 def bootstrap_ci(
@@ -295,7 +307,9 @@ class LDSReport:
         ci_high: Upper bound of the bootstrap CI of ``mean``.
         per_query: Per-query LDS (NaN for excluded queries).
         n_queries: Total number of queries.
-        n_excluded: Queries with NaN LDS (constant prediction or target).
+        n_excluded: Queries with NaN LDS (constant target: the ground truth cannot rank them).
+        n_constant_predictions: Queries whose prediction is constant across subsets (e.g. all-zero
+            scores); they count as LDS 0.
         n_subsets: Number of retrained subsets ``m``.
         n_seeds: Number of seeds ``s``.
         confidence: CI coverage.
@@ -321,6 +335,7 @@ class LDSReport:
     n_excluded: int
     n_subsets: int
     n_seeds: int
+    n_constant_predictions: int = 0
     confidence: float = 0.95
     n_resamples: int = 2000
     seed: int = 0
@@ -367,7 +382,7 @@ def evaluate_lds(
     scores, subsets, losses = _validate(scores, subsets, losses)
     s, m, nq = losses.shape
     pred = subsets.astype(np.float64) @ scores.T
-    per_query = spearman_columns(pred, -losses.mean(axis=0))
+    per_query = _rank_agreement(pred, -losses.mean(axis=0))
     low, high = bootstrap_ci(per_query, confidence, n_resamples, seed)
     report = LDSReport(
         mean=_nanmean(per_query),
@@ -378,12 +393,13 @@ def evaluate_lds(
         n_excluded=int(np.count_nonzero(~np.isfinite(per_query))),
         n_subsets=m,
         n_seeds=s,
+        n_constant_predictions=int(np.count_nonzero(np.ptp(pred, axis=0) == 0)),
         confidence=confidence,
         n_resamples=int(n_resamples),
         seed=seed,
     )
     if s >= 2:
-        single = [_nanmean(spearman_columns(pred, -losses[k])) for k in range(s)]
+        single = [_nanmean(_rank_agreement(pred, -losses[k])) for k in range(s)]
         ceil_q = seed_ceiling(losses)
         c_low, c_high = bootstrap_ci(ceil_q, confidence, n_resamples, seed)
         report.mean_single_seed = _nanmean(np.asarray(single))

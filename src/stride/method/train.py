@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,7 +170,13 @@ class OperatorTrainer:
         os.replace(partial, path)
 
     def _load(self, path: Path, log: TrainingLog) -> int:
-        state = torch.load(path, weights_only=True)
+        """Restore bank, optimizer and log from a checkpoint; a damaged one is reported and training
+        starts over (step 0)."""
+        try:
+            state = torch.load(path, weights_only=True)
+        except (RuntimeError, EOFError, OSError, ValueError) as exc:
+            warnings.warn(f"the checkpoint {path} cannot be read ({exc}); training starts over", stacklevel=2)
+            return 0
         self.bank.load_state_dict(state["bank"])
         self.optimizer.load_state_dict(state["optimizer"])
         log.epoch_fidelity = list(state["epoch_fidelity"])
