@@ -243,6 +243,7 @@ def groundtruth(
     from stride.evaluation.groundtruth import GroundTruthSpec, run_groundtruth
     from stride.lm_training import LMRecipe
 
+    check_seed(seed)
     if recipe is None and (Path(model_dir) / "recipe.json").is_file():
         recipe = json.loads((Path(model_dir) / "recipe.json").read_text())["recipe"]
     recipe_values = dataclasses.asdict(LMRecipe.from_dict(recipe or {}))
@@ -274,6 +275,7 @@ def lds(scores_path: str | Path, groundtruth_dir: str | Path, out_path: str | Pa
             stacklevel=2,
         )
     if out_path is not None:
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(out_path), report.to_dict())
     if plot_path is not None:
         from stride.evaluation.plots import plot_lds
@@ -320,6 +322,7 @@ def counterfactual(
     )
     from stride.lm_training import LMRecipe
 
+    check_seed(seed)
     if recipe is None and (Path(model_dir) / "recipe.json").is_file():
         recipe = json.loads((Path(model_dir) / "recipe.json").read_text())["recipe"]
     recipe_values = dataclasses.asdict(LMRecipe.from_dict(recipe or {}))

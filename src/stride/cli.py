@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -147,6 +148,14 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.out, threads=args.threads)
 
 
+def _report(args: argparse.Namespace) -> None:
+    from stride.report import write_report
+
+    path = write_report(args.run, args.out, groundtruth=args.groundtruth, k=args.k,
+                        continuation_tokens=args.continuation_tokens, threads=args.threads)  # fmt: skip
+    print(f"wrote {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stride", description="Training data attribution (STRIDE).")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -238,9 +247,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--no-plot", action="store_true")
     sub.add_argument("--seed", type=int, default=0, help="seed of the random removals, the query draw and the CIs")
 
+    sub = command("report", _report, "one self-contained HTML page of a run: each query with its most and least "
+                  "influential training examples, search and filters, and the LDS with --groundtruth")  # fmt: skip
+    sub.add_argument("--run", required=True, help="run folder written by stride attribute")
+    sub.add_argument("--groundtruth", help="folder written by stride groundtruth: adds the LDS summary and plot")
+    sub.add_argument("--out", help="HTML file to write (default: RUN/report.html)")
+    sub.add_argument("--k", type=int, default=10, help="most and least influential examples shown per query")
+    sub.add_argument("--continuation-tokens", type=int, default=24,
+                     help="greedy tokens the run's model adds to each query's first half (0: none)")  # fmt: skip
+
     sub = command("demo", _demo, "the embedded default: tiny LM on the fortune corpus + attribution")
     sub.add_argument("--out", default="runs/demo", help="folder for corpus, model and scores (cached)")
     return parser
+
+
+WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+def _error(message: str) -> int:
+    """Print a user error as one line (a library's multi-line message joined) and return status 2."""
+    line = "; ".join(part.strip() for part in message.splitlines() if part.strip())
+    print(f"stride: error: {line}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,8 +279,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.handler(args)
     except StrideError as exc:
-        print(f"stride: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(str(exc))
+    except OSError as exc:
+        if exc.errno not in WRITE_FAILURES:
+            raise
+        return _error(
+            f"cannot write {exc.filename or 'the output'}: {exc.strerror}; finished stages are kept, so rerun "
+            "the same command once the disk has room or the folder is writable"
+        )
     except KeyboardInterrupt:
         print("stride: interrupted; finished stages and checkpoints are kept, rerun to resume", file=sys.stderr)
         return 130

@@ -65,10 +65,11 @@ def read_examples(path: str | Path) -> datasets.Dataset:
     else:
         if path.stat().st_size == 0 or not path.read_bytes()[:4096].strip():
             raise StrideError(f"data file is empty: {path}")
-        _check_jsonl_head(path)
+        _check_jsonl_lines(path, HEAD_LINES)
         try:
             ds = datasets.load_dataset("json", data_files=str(path), split="train")
         except Exception as exc:
+            _check_jsonl_lines(path)  # names the first bad line past the head, when there is one
             raise StrideError(f"cannot read {path} as JSON lines: {exc}") from exc
     if len(ds) == 0:
         raise StrideError(f"data file has no examples: {path}")
@@ -76,12 +77,21 @@ def read_examples(path: str | Path) -> datasets.Dataset:
     return ds
 
 
-def _check_jsonl_head(path: Path, n_lines: int = 1000) -> None:
-    """Name the first malformed line among the first ones, before Arrow gives a vaguer error."""
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if number > n_lines:
+HEAD_LINES = 1000  # lines checked before Arrow reads a file; all of them are checked when Arrow fails
+
+
+def _check_jsonl_lines(path: Path, n_lines: int | None = None) -> None:
+    """Name the first malformed line (not UTF-8, not JSON, not an object, no usable field) among the
+    first `n_lines` (None: all), before Arrow gives a vaguer error."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if n_lines is not None and number > n_lines:
                 return
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise StrideError(f"{path}, line {number}: not UTF-8 text (byte {raw[exc.start]:#x} at column "
+                                  f"{exc.start + 1}); save the file as UTF-8") from None  # fmt: skip
             if not line.strip():
                 continue
             try:
@@ -119,6 +129,18 @@ def _check_fields(ds: datasets.Dataset, path: Path) -> None:
             raise StrideError(f"{path}: {column.null_count} row(s) lack '{name}' (first at line {first + 1})")
         if not str(column.type).startswith(("string", "large_string")):
             raise StrideError(f"{path}: field '{name}' must hold strings, found {column.type}")
+    _check_not_empty(ds, needed[-1], path)
+
+
+def _check_not_empty(ds: datasets.Dataset, scored: str, path: Path) -> None:
+    """Refuse data whose scored field (text, or completion) is blank everywhere; warn when some are."""
+    column = ds.data.column(scored)
+    blank = int(pc.sum(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0)).as_py() or 0)
+    if blank == len(ds):
+        raise StrideError(f"{path}: every example's '{scored}' is empty, so there is nothing to attribute")
+    if blank:
+        warnings.warn(f"{path}: {blank} of {len(ds)} example(s) have an empty '{scored}' (only BOS/EOS are scored)",
+                      stacklevel=3)  # fmt: skip
 
 
 class TokenizedData:

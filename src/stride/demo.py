@@ -15,9 +15,11 @@ DEMO_RECIPE = LMRecipe(architecture="gpt2", n_layers=2, hidden_size=128, n_heads
                        context=128, epochs=8, learning_rate=3e-3, batch_size=32, seed=0)  # fmt: skip
 
 
-def run_demo(out_dir: str | Path = "runs/demo", threads: int | None = None, show: int = 3) -> Path:
-    """Build the corpus and the model (cached in `out_dir`), attribute, print the extremes."""
+def run_demo(out_dir: str | Path = "runs/demo", threads: int | None = None, show: int = 3, report: bool = True) -> Path:
+    """Build the corpus and the model (cached in `out_dir`), attribute, print the extremes and (with
+    `report`) write the HTML report of the run."""
     from stride.api import set_threads
+    from stride.report import write_report
 
     started = time.perf_counter()
     set_threads(threads)
@@ -33,6 +35,8 @@ def run_demo(out_dir: str | Path = "runs/demo", threads: int | None = None, show
                        seed=0, threads=threads)  # fmt: skip
     print_top(out_dir / "attribution" / "top.jsonl", train_path, queries_path, show)
     print(f"\nscores: {result.out_dir / 'scores.safetensors'}  ({time.perf_counter() - started:.0f} s in all)")
+    if report:
+        print(f"report: {write_report(result.out_dir, threads=threads)}  (open it in a browser)")
     return result.out_dir
 
 

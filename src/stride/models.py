@@ -25,6 +25,8 @@ def load_causal_lm(
     import transformers
 
     model_dir = Path(model_dir)
+    if model_dir.exists() and not model_dir.is_dir():
+        raise StrideError(f"--model must be a model folder (save_pretrained), but {model_dir} is not a folder")
     if not model_dir.is_dir():
         raise StrideError(f"model directory not found: {model_dir}")
     if not (model_dir / "config.json").is_file():
@@ -37,11 +39,30 @@ def load_causal_lm(
             str(model_dir), local_files_only=True, trust_remote_code=trust_remote_code, dtype=dtype
         )
     except Exception as exc:
-        raise StrideError(f"cannot load a causal LM from {model_dir}: {exc}") from exc
+        raise StrideError(f"cannot load a causal LM from {model_dir}: {_load_failure(model_dir, exc)}") from exc
     model.eval()
     model.requires_grad_(False)
     check_tokenizer_fits(model, tokenizer, model_dir)
     return model, tokenizer
+
+
+def _load_failure(model_dir: Path, exc: Exception) -> str:
+    """Why a model folder did not load, naming the file or the flag that would help."""
+    import json
+
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as bad:
+        return f"config.json is not valid JSON ({bad})"
+    if "does not recognize this architecture" in str(exc) or "trust_remote_code" in str(exc):
+        custom = "it has custom code (auto_map); " if "auto_map" in config else ""
+        return (f"transformers does not know the model type {config.get('model_type')!r}; {custom}if you trust "
+                "the folder's code, pass --trust-remote-code (trust_remote_code=True in Python)")  # fmt: skip
+    from safetensors import SafetensorError
+
+    if isinstance(exc, SafetensorError) or "deserializing header" in str(exc):
+        return f"its weights (model.safetensors) cannot be read: {exc}; the file is damaged or not safetensors"
+    return str(exc).splitlines()[0]
 
 
 def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False) -> Any:

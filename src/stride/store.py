@@ -175,10 +175,10 @@ class RunStore:
     def clear(self) -> None:
         """Move every stage and final output of the run aside (one rename each), to be deleted by
         `finish` once the new run is written; a failed new run leaves the old one in `.replaced-*`."""
-        aside = self.root / f"{REPLACED}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        for name in (STAGES, *OUTPUTS):
-            if (self.root / name).exists():
-                aside.mkdir(exist_ok=True)
+        present = [name for name in (STAGES, *OUTPUTS) if (self.root / name).exists()]
+        if present:
+            aside = Path(tempfile.mkdtemp(prefix=f"{REPLACED}{time.strftime('%Y%m%d-%H%M%S')}-", dir=self.root))
+            for name in present:
                 os.replace(self.root / name, aside / name)
         (self.root / STAGES).mkdir(parents=True)
 

@@ -52,8 +52,15 @@ def _frozen(model: nn.Module) -> nn.Module:
 
 
 def _n_classes(model: nn.Module, task: ClassifierTask, data: ClassifierData) -> int:
-    with torch.no_grad():
-        logits = task.outputs(model, data.batch(range(min(2, len(data)))))
+    """The number of logits the model returns for two examples of `data` (a StrideError naming the
+    data's shape and dtype when the model cannot take them)."""
+    try:
+        with torch.no_grad():
+            logits = task.outputs(model, data.batch(range(min(2, len(data)))))
+    except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+        shape = "x".join(map(str, data.inputs.shape[1:])) or "scalar"
+        raise StrideError(f"the model cannot take the {data.name}'s inputs ({shape} per example, dtype "
+                          f"{str(data.inputs.dtype).removeprefix('torch.')}): {exc}") from None  # fmt: skip
     if logits.dim() != 2:
         raise StrideError(f"the model must return logits [rows, classes], got shape {tuple(logits.shape)}")
     return logits.shape[1]
@@ -126,6 +133,8 @@ def attribute_classifier(
     train = classifier_data(train_inputs, train_labels, "training set", dtype)
     queries = classifier_data(query_inputs, query_labels, "queries", dtype)
     n_classes = _n_classes(model, task, train)
+    if _n_classes(model, task, queries) != n_classes:
+        raise StrideError("the model returns another number of logits for the queries than for the training set")
     check_labels(train, n_classes)
     check_labels(queries, n_classes)
     if not isinstance(config, StrideConfig):

@@ -41,13 +41,25 @@ def _read_tensors(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise StrideError(f"{what} file not found: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as exc:
+            raise StrideError(f"cannot read {path} as safetensors ({exc})") from None
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as archive:
             return {name: torch.as_tensor(archive[name]) for name in archive.files}
-    tensors = torch.load(path, weights_only=True, map_location="cpu")
+    if path.suffix == ".npy":
+        raise StrideError(f"{path}: a .npy file holds one array; pass {what} as .npz or .safetensors holding named "
+                          "arrays ('inputs' and 'labels' for data)")  # fmt: skip
+    try:
+        tensors = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError or EOFError for such files
+        reason = str(exc).splitlines()[0]
+        raise StrideError(f"cannot read {path} as a torch file of named tensors ({reason}); save it with "
+                          "safetensors or torch.save(state_dict)") from None  # fmt: skip
     if not isinstance(tensors, dict):
         raise StrideError(f"{path} must hold named tensors, found a {type(tensors).__name__}")
     return tensors

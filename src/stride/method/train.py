@@ -174,8 +174,9 @@ class OperatorTrainer:
         starts over (step 0)."""
         try:
             state = torch.load(path, weights_only=True)
-        except (RuntimeError, EOFError, OSError, ValueError) as exc:
-            warnings.warn(f"the checkpoint {path} cannot be read ({exc}); training starts over", stacklevel=2)
+        except Exception as exc:  # truncated, not a torch file, or holding objects weights_only refuses
+            reason = str(exc).splitlines()[0]
+            warnings.warn(f"the checkpoint {path} cannot be read ({reason}); training starts over", stacklevel=2)
             return 0
         self.bank.load_state_dict(state["bank"])
         self.optimizer.load_state_dict(state["optimizer"])
