@@ -75,7 +75,7 @@ def test_a_failed_overwrite_keeps_the_old_run_aside_and_a_finished_one_deletes_i
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / "stages" / "x.safetensors"))
 
     with monkeypatch.context() as patch:
-        patch.setattr("stride.store.save_file", full_disk)
+        patch.setattr("stride.core.arrays.save_file", full_disk)
         code = _attribute(gpt2_dir, corpus["train"], corpus["queries"], out, config_file, "--overwrite")
     _expect_error(capsys, code, "No space left on device", "rerun")
     (aside,) = out.glob(".replaced-*")

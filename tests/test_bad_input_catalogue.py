@@ -316,7 +316,7 @@ def _run_in_process(argv: list[str], case: dict[str, Any], tmp: Path, monkeypatc
         def failing_save(tensors: Any, path: str, *args: Any, **kwargs: Any) -> None:
             raise OSError(code, os.strerror(code), path)
 
-        monkeypatch.setattr("stride.store.save_file", failing_save)
+        monkeypatch.setattr("stride.core.arrays.save_file", failing_save)
     holder = None
     if case.get("lock"):
         (tmp / "out").mkdir()

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from stride import __version__
 from stride.attributor import MethodContext
 from stride.config import StrideConfig
+from stride.core.arrays import save_arrays
 from stride.core.digest import content_digest, file_digest
 from stride.core.jsonio import write_json
 from stride.data import TokenizedData, load_data, write_jsonl
@@ -187,7 +187,7 @@ def write_outputs(
     """scores.safetensors, info.json and top.jsonl in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     digests = {f"{name}_sha256": value for name, value in info.get("digests", {}).items()}
-    save_file({"scores": scores.float().contiguous()}, str(out_dir / "scores.safetensors"), metadata=digests)
+    save_arrays({"scores": scores.float()}, out_dir / "scores.safetensors", digests)
     write_json(out_dir / "info.json", info)
     write_jsonl(top_examples(scores, train, queries), out_dir / "top.jsonl")
 

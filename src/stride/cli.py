@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 import sys
@@ -17,6 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # OpenMP threads that spin while waiting make torch many times slower when the cores are shared.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from stride.core.arrays import write_failure
 from stride.errors import StrideError
 
 
@@ -261,9 +261,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
-
-
 def _error(message: str) -> int:
     """Print a user error as one line (a library's multi-line message joined) and return status 2."""
     line = "; ".join(part.strip() for part in message.splitlines() if part.strip())
@@ -280,12 +277,13 @@ def main(argv: list[str] | None = None) -> int:
         args.handler(args)
     except StrideError as exc:
         return _error(str(exc))
-    except OSError as exc:
-        if exc.errno not in WRITE_FAILURES:
+    except Exception as exc:
+        failure = write_failure(exc)
+        if failure is None:
             raise
         return _error(
-            f"cannot write {exc.filename or 'the output'}: {exc.strerror}; finished stages are kept, so rerun "
-            "the same command once the disk has room or the folder is writable"
+            f"cannot write {failure.filename or 'the output'}: {failure.strerror}; finished stages are kept, so "
+            "rerun the same command once the disk has room or the folder is writable"
         )
     except KeyboardInterrupt:
         print("stride: interrupted; finished stages and checkpoints are kept, rerun to resume", file=sys.stderr)

@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from stride.core.arrays import save_arrays
 from stride.core.digest import file_digest
 from stride.core.jsonio import to_json, write_json
 from stride.errors import StrideError
@@ -271,7 +272,7 @@ class RunStore:
         tensors, info = compute()
         seconds = time.perf_counter() - started
         info = {**info, "seconds": seconds}
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(self._path(stage.name, ".safetensors")))
+        save_arrays(tensors, self._path(stage.name, ".safetensors"))
         write_json(self._path(stage.name, ".json"), {**stage.record(), "info": info, "checksum": self._checksum(stage)})
         for suffix in (".ckpt", ".ckpt.json"):
             self._path(stage.name, suffix).unlink(missing_ok=True)

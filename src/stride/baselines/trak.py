@@ -48,6 +48,7 @@ from stride.baselines.common import (
     parse_settings,
     require_library,
 )
+from stride.core.arrays import require_free_space
 from stride.core.batching import index_batches
 from stride.core.sketch import PROJECTIONS, GradientProjector, parameter_sizes
 from stride.errors import StrideError
@@ -211,6 +212,9 @@ class TrakAttributor(BaselineAttributor):
         """Projected gradients of every checkpoint, then TRAK's features Phi (Phi^T Phi + lambda I)^-1."""
         config, task = self.config, self.context.task
         assert self.features_folder_ is not None  # set by _prepare, which runs this stage
+        self.features_folder_.mkdir(parents=True, exist_ok=True)
+        memory_maps = 4 * len(train) * (config.proj_dim + 1) * (2 * len(self.checkpoints_) + 1)  # grads, features
+        require_free_space(self.features_folder_, memory_maps + 2**20, "TRAK's memory-mapped features")
         self.traker_ = self._traker(self.features_folder_, len(train))
         for model_id, checkpoint in enumerate(self.checkpoints_):
             self.traker_.load_checkpoint(checkpoint.model.state_dict(), model_id=model_id)

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from stride.attributor import MethodContext
 from stride.classifiers.data import ClassifierData, check_labels, classifier_data
 from stride.classifiers.task import ClassifierTask
 from stride.config import StrideConfig
+from stride.core.arrays import save_arrays
 from stride.core.digest import module_digest
 from stride.core.jsonio import write_json
 from stride.errors import StrideError
@@ -162,7 +162,7 @@ def attribute_classifier(
                 "stages": attributor.stage_info,
             }  # fmt: skip
             metadata = {f"{name}_sha256": value for name, value in digests.items()}
-            save_file({"scores": scores}, str(Path(out_dir) / "scores.safetensors"), metadata=metadata)
+            save_arrays({"scores": scores}, Path(out_dir) / "scores.safetensors", metadata)
             write_json(Path(out_dir) / "info.json", info)
         store.finish()
     return scores

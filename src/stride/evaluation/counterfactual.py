@@ -31,10 +31,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from stride.core.arrays import save_arrays
 from stride.core.digest import file_digest
 from stride.core.jsonio import to_json, write_json
 from stride.errors import StrideError
-from stride.evaluation.groundtruth import REGIMES, claim_folder, run_retrains, save_arrays
+from stride.evaluation.groundtruth import REGIMES, claim_folder, run_retrains
 from stride.evaluation.lds import bootstrap_ci
 from stride.lm_training import LMRecipe
 from stride.store import exclusive

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +25,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from stride.core.arrays import save_arrays
 from stride.core.digest import content_digest, file_digest
 from stride.core.jsonio import to_json, write_json
 from stride.errors import StrideError
@@ -197,13 +197,6 @@ def run_groundtruth(spec: GroundTruthSpec, out_dir: str | Path, workers: int = 2
         subsets = draw_subsets(n_train, spec.n_subsets, spec.protocol, spec.fraction, spec.seed)
         save_arrays({"subsets": torch.as_tensor(subsets.astype(np.uint8))}, out_dir / "subsets.safetensors")
         return _retrain_and_collect(spec, out_dir, subsets, workers, threads_per_worker, progress)
-
-
-def save_arrays(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file atomically (a killed run never leaves half a file)."""
-    partial = path.with_name(path.name + ".partial")
-    save_file(tensors, str(partial), metadata=metadata)
-    os.replace(partial, path)
 
 
 def _retrain_and_collect(spec: GroundTruthSpec, out_dir: Path, subsets: np.ndarray, workers: int,

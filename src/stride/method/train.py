@@ -166,7 +166,15 @@ class OperatorTrainer:
             "epoch_linearity": log.epoch_linearity,
         }
         partial = path.with_suffix(".partial")
-        torch.save(state, partial)
+        try:
+            torch.save(state, partial)
+        except RuntimeError as exc:  # torch reports a failed write (e.g. a full disk) as a RuntimeError
+            partial.unlink(missing_ok=True)
+            reason = str(exc).splitlines()[0]
+            raise StrideError(
+                f"cannot write the checkpoint {partial} ({reason}); check that the disk has room and is writable, "
+                "then rerun: finished stages and the last checkpoint are kept"
+            ) from None
         os.replace(partial, path)
 
     def _load(self, path: Path, log: TrainingLog) -> int:
