@@ -140,6 +140,15 @@ def model_pickled_weights(tmp: Path, inputs: dict[str, Path]) -> Path:
 
 
 @maker
+def model_other_width(tmp: Path, inputs: dict[str, Path]) -> Path:
+    model = _copy_model(inputs["model"], tmp / "model")
+    config = json.loads((model / "config.json").read_text())
+    config["n_embd"] = 48
+    (model / "config.json").write_text(json.dumps(config))
+    return model
+
+
+@maker
 def model_other_tokenizer(tmp: Path, inputs: dict[str, Path]) -> Path:
     from stride.lm_training import train_tokenizer
 
@@ -368,4 +377,4 @@ def test_bad_input(case, shared, tmp_path, monkeypatch, capsys, recwarn):
 
 def test_the_catalogue_is_large_and_its_ids_are_unique():
     ids = [case["id"] for case in CATALOGUE]
-    assert len(ids) == len(set(ids)) and len(ids) >= 80
+    assert len(ids) == len(set(ids)) and len(ids) >= 90

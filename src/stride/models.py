@@ -62,6 +62,8 @@ def _load_failure(model_dir: Path, exc: Exception) -> str:
 
     if isinstance(exc, SafetensorError) or "deserializing header" in str(exc):
         return f"its weights (model.safetensors) cannot be read: {exc}; the file is damaged or not safetensors"
+    if "above report" in str(exc):  # transformers logs the details, which stride keeps quiet
+        return "its weights do not fit its config.json (tensor shapes differ): the folder mixes files of two models"
     return str(exc).splitlines()[0]
 
 

@@ -122,7 +122,8 @@ def _lds_section(view: LDSView) -> str:
         ("mean LDS", f"{_number(s.get('mean'))} ({s.get('confidence', 0.95):.0%} CI {_number(s.get('ci_low'))} to "
                      f"{_number(s.get('ci_high'))})"),
         ("queries", f"{s.get('n_queries', 0) - s.get('n_excluded', 0)} of {s.get('n_queries')} "
-                    f"({s.get('n_excluded')} excluded: constant prediction or target)"),
+                    f"({s.get('n_excluded')} excluded: constant target; {s.get('n_constant_predictions', 0)} with "
+                    "constant predictions, counted as 0)"),
         ("retrained subsets x seeds", f"{s.get('n_subsets')} x {s.get('n_seeds')}"),
     ]  # fmt: skip
     if s.get("ceiling") is not None:
