@@ -156,6 +156,34 @@ def _report(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _select(args: argparse.Namespace) -> None:
+    from stride.selection import method_options, select
+
+    config, method_settings = method_options(args.method, args.config)
+    chosen = select(
+        args.pool, args.out, args.budget, args.aggregate, run_dir=args.run, model_dir=args.model, target=args.queries,
+        dedup=args.dedup, method=args.method, config=config, method_settings=method_settings, seed=args.seed,
+        threads=args.threads, progress=not args.quiet,
+    )  # fmt: skip
+    print(f"wrote {args.out}/selected.jsonl ({len(chosen.indices)} examples) and {args.out}/manifest.json")
+
+
+def _contamination(args: argparse.Namespace) -> None:
+    from stride.contamination import contamination
+    from stride.selection import method_options
+
+    config, method_settings = method_options(args.method, args.config)
+    result = contamination(
+        args.model, args.train, args.benchmark, args.out, method=args.method, config=config,
+        method_settings=method_settings, labels=args.labels, top_k=args.top_k, seed=args.seed, threads=args.threads,
+        progress=not args.quiet,
+    )  # fmt: skip
+    found = ""
+    if result.metrics is not None and result.metrics["auroc"] is not None:
+        found = f" (AUROC {result.metrics['auroc']:.3f}, AUPRC {result.metrics['auprc']:.3f})"
+    print(f"wrote {args.out}/benchmark_scores.jsonl, train_scores.jsonl and report.md{found}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stride", description="Training data attribution (STRIDE).")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -255,6 +283,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--k", type=int, default=10, help="most and least influential examples shown per query")
     sub.add_argument("--continuation-tokens", type=int, default=24,
                      help="greedy tokens the run's model adds to each query's first half (0: none)")  # fmt: skip
+
+    sub = command("select", _select, "select training data for a target set: aggregate each pool example's "
+                  "scores over the target (mean, max or round-robin) and keep the best")  # fmt: skip
+    sub.add_argument("--run", help="finished run of stride attribute whose training set is the pool")
+    sub.add_argument("--model", help="or: attribute first with this model (the run goes in --out)")
+    sub.add_argument("--queries", help="with --model: the target examples (JSONL or datasets folder)")
+    sub.add_argument("--pool", "--train", dest="pool", required=True, help="candidates: the run's training set")
+    sub.add_argument("--budget", required=True, help="examples to select: a number N, or a fraction of the pool")
+    sub.add_argument("--aggregate", choices=["mean", "max", "round-robin"], default="mean")
+    sub.add_argument("--dedup", action="store_true", help="skip examples whose text equals a selected one's")
+    sub.add_argument("--out", required=True, help="folder for selected.jsonl and manifest.json")
+    sub.add_argument("--method", default="stride", help="with --model: attribution method (default: stride)")
+    sub.add_argument("--config", help="with --model: JSON/YAML file of method settings")
+    sub.add_argument("--seed", type=int, default=0)
+
+    sub = command("contamination", _contamination, "rank benchmark items by how likely they leaked into the "
+                  "training set, and training examples by how likely they copy a benchmark item")  # fmt: skip
+    sub.add_argument("--model", required=True, help="local Hugging Face causal LM folder (with tokenizer)")
+    sub.add_argument("--train", required=True, help="training data: JSONL or datasets folder")
+    sub.add_argument("--benchmark", required=True, help="benchmark items, as --queries: text or prompt/completion")
+    sub.add_argument("--out", required=True, help="output folder (the run store; reused on rerun)")
+    sub.add_argument("--method", default="stride", help="attribution method (default: stride)")
+    sub.add_argument("--config", help="JSON/YAML file of method settings")
+    sub.add_argument("--labels", help="JSON list of 0/1 per item, or JSONL with 'leaked': adds AUROC/AUPRC, a plot")
+    sub.add_argument("--top-k", type=int, default=10, help="training examples listed per benchmark item")
+    sub.add_argument("--seed", type=int, default=0)
 
     sub = command("demo", _demo, "the embedded default: tiny LM on the fortune corpus + attribution")
     sub.add_argument("--out", default="runs/demo", help="folder for corpus, model and scores (cached)")
