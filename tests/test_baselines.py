@@ -189,3 +189,35 @@ def test_ekfac_linear_copy_computes_the_same_logits(gpt2):
         a = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         b = copy(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     torch.testing.assert_close(a, b)
+
+
+def _reference_gradients(model, data):
+    """Per-example gradients by one backward pass per example (slow, plain autograd) -> [n, n_params]."""
+    rows = []
+    for index in range(len(data)):
+        batch = data.batch([index])
+        model.zero_grad()
+        with torch.enable_grad():
+            model.requires_grad_(True)
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            sequence_losses(logits, batch)[0].backward()
+        rows.append(torch.cat([p.grad.reshape(-1) for _, p in model.named_parameters()]))
+        model.requires_grad_(False)
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("method", ["graddot", "gradcos"])
+def test_exact_gradient_similarity_matches_a_slow_autograd_reference(method, gpt2_dir, corpus, tmp_path):
+    result = _run(gpt2_dir, corpus, tmp_path / "run", method, exact_max_parameters=10**9)
+    assert result.info["settings"]["exact"] and "train_features_0" not in result.info["stages"]
+    model, tokenizer = load_causal_lm(gpt2_dir)
+    train = load_data(corpus["train"], tokenizer, 64)
+    queries = load_data(corpus["queries"], tokenizer, 64)
+    train_grads, query_grads = _reference_gradients(model, train), _reference_gradients(model, queries)
+    if method == "gradcos":
+        train_grads = torch.nn.functional.normalize(train_grads, dim=1)
+        query_grads = torch.nn.functional.normalize(query_grads, dim=1)
+    expected = query_grads @ train_grads.T
+    assert torch.allclose(result.scores, expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max()))
+    sketched = _run(gpt2_dir, corpus, tmp_path / "sketch", method, exact_max_parameters=0).scores
+    assert not torch.allclose(sketched, expected, rtol=1e-3)  # the sketch is an approximation

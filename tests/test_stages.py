@@ -17,7 +17,7 @@ SETTINGS = {
     "stride": {},
     "operator-grad": {"rank": 4},
     "tfidf": {}, "bm25": {}, "repsim": {},
-    "graddot": {"proj_dim": 256}, "gradcos": {"proj_dim": 256},
+    "graddot": {"proj_dim": 256, "exact_max_parameters": 0}, "gradcos": {"proj_dim": 256, "exact_max_parameters": 0},
     "logra": {"rank": 8}, "trak": {"proj_dim": 128}, "ekfac": {},
 }  # fmt: skip
 STRIDE_SMALL = StrideConfig(n_subsets=48, subsets_per_example=6, rank=8, epochs=2, batch_size=16, learning_rate=3e-2,
