@@ -40,3 +40,25 @@ def test_same_recipe_and_seed_give_the_same_weights(corpus, tmp_path):
     a, _ = load_causal_lm(tmp_path / "a")
     b, _ = load_causal_lm(tmp_path / "b")
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_an_ensemble_from_train_lm_feeds_trak_from_the_command_line(corpus, tmp_path):
+    from safetensors.torch import load_file
+
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({**RECIPE, "architecture": "gpt2"}))
+    model = tmp_path / "model"
+    assert main(["train-lm", "--train", str(corpus["train"]), "--out", str(model), "--recipe", str(recipe),
+                 "--ensemble", "2", "--quiet"]) == 0  # fmt: skip
+    member = model / "ensemble" / "seed_1"
+    assert json.loads((member / "recipe.json").read_text())["recipe"]["seed"] == 1
+    config = tmp_path / "trak.json"
+    config.write_text(json.dumps({"proj_dim": 64}))
+    common = ["attribute", "--model", str(model), "--train", str(corpus["train"]), "--queries", str(corpus["queries"]),
+              "--method", "trak", "--config", str(config), "--quiet"]  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    assert main([*common, "--out", str(tmp_path / "two"), "--checkpoints", str(member)]) == 0
+    info = json.loads((tmp_path / "two" / "info.json").read_text())
+    assert info["settings"]["checkpoints"] == [str(member)]
+    one, two = (load_file(str(tmp_path / name / "scores.safetensors"))["scores"] for name in ("one", "two"))
+    assert not torch.allclose(one, two)

@@ -19,6 +19,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from stride.core.arrays import write_failure
 from stride.errors import StrideError
 
+ENSEMBLE_METHODS = ("trak", "graddot", "gradcos")
+
 
 def _attribute(args: argparse.Namespace) -> None:
     from stride.api import attribute
@@ -30,6 +32,10 @@ def _attribute(args: argparse.Namespace) -> None:
     elif args.config:
         values = read_mapping_file(args.config)
         method_settings = values.get(args.method, values)
+    if args.checkpoints:
+        if args.method not in ENSEMBLE_METHODS:
+            raise StrideError(f"--checkpoints is used by {', '.join(ENSEMBLE_METHODS)}, not by {args.method}")
+        method_settings = {**method_settings, "checkpoints": args.checkpoints}
     result = attribute(
         args.model, args.train, args.queries, args.out, method=args.method, config=config, seed=args.seed,
         threads=args.threads, overwrite=args.overwrite, progress=not args.quiet,
@@ -64,14 +70,21 @@ def _attribute_classifier(args: argparse.Namespace) -> None:
 def _train_lm(args: argparse.Namespace) -> None:
     from stride.api import set_threads
     from stride.config import read_mapping_file
-    from stride.lm_training import LMRecipe, train_lm
+    from stride.lm_training import LMRecipe, train_ensemble, train_lm
 
+    if args.ensemble < 1:
+        raise StrideError(f"--ensemble is the number of models to train, at least 1, got {args.ensemble}")
     set_threads(args.threads)
     recipe = LMRecipe.from_dict(read_mapping_file(args.recipe)) if args.recipe else LMRecipe()
     if args.seed is not None:
         recipe.seed = args.seed
     out = train_lm(args.train, args.out, recipe, base_dir=args.base, progress=not args.quiet)
     print(f"wrote {out}")
+    if args.ensemble > 1:
+        members = train_ensemble(
+            args.train, args.out, recipe, args.ensemble, base_dir=args.base, progress=not args.quiet
+        )
+        print(f"wrote {len(members)} more ensemble member(s) in {Path(args.out) / 'ensemble'}")
 
 
 def _groundtruth(args: argparse.Namespace) -> None:
@@ -210,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
         "training-side features new queries reuse",
     )
     sub.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code")
+    sub.add_argument("--checkpoints", nargs="+", default=[],
+                     help="further models of the same architecture and tokenizer (e.g. MODEL/ensemble/*): the "
+                          "ensemble of trak, graddot and gradcos")  # fmt: skip
 
     sub = command("attribute-classifier", _attribute_classifier,
                   "score every training example for every query of a torch.nn.Module classifier")  # fmt: skip
@@ -232,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--base", help="fine-tune this model folder instead of training from scratch")
     sub.add_argument("--recipe", help="JSON/YAML file of LMRecipe settings")
     sub.add_argument("--seed", type=int, default=None)
+    sub.add_argument("--ensemble", type=int, default=1,
+                     help="train N models in all; the others (seeds seed+1 ...) go to OUT/ensemble/")  # fmt: skip
 
     sub = command("groundtruth", _groundtruth, "retrain on random subsets and record every query's loss")
     sub.add_argument("--model", required=True, help="the attributed model (tokenizer, architecture, recipe.json)")

@@ -23,7 +23,7 @@ from stride.core.jsonio import write_json
 from stride.data import TokenizedData, load_data
 from stride.errors import StrideError
 from stride.losses import sequence_losses
-from stride.models import context_length, load_causal_lm
+from stride.models import context_length, load_causal_lm, load_tokenizer
 from stride.reproducibility import deterministic_algorithms
 
 ARCHITECTURES = ("gpt2", "llama")
@@ -180,8 +180,10 @@ def train_lm(
     recipe: LMRecipe | None = None,
     base_dir: str | Path | None = None,
     progress: bool = True,
+    tokenizer_dir: str | Path | None = None,
 ) -> Path:
-    """Pre-train from scratch (new tokenizer + model) or fine-tune `base_dir`; save to `out_dir`."""
+    """Pre-train from scratch (new tokenizer + model; `tokenizer_dir`: that folder's tokenizer) or
+    fine-tune `base_dir`; save to `out_dir`."""
     from stride.data import read_examples
 
     recipe = recipe or LMRecipe()
@@ -189,10 +191,12 @@ def train_lm(
     started = time.perf_counter()
     model: Any  # a Hugging Face model: save_pretrained is not in nn.Module's stubs
     if base_dir is None:
-        examples = read_examples(train_path)
-        columns = ["text"] if "text" in examples.column_names else ["prompt", "completion"]
-        texts = ["".join(row[c] for c in columns) for row in examples]
-        tokenizer = train_tokenizer(texts, recipe.vocab_size)
+        if tokenizer_dir is not None:
+            tokenizer = load_tokenizer(tokenizer_dir)
+        else:
+            examples = read_examples(train_path)
+            columns = ["text"] if "text" in examples.column_names else ["prompt", "completion"]
+            tokenizer = train_tokenizer(["".join(row[c] for c in columns) for row in examples], recipe.vocab_size)
         model = new_causal_lm(recipe, tokenizer)
         max_length = recipe.context
     else:
@@ -211,3 +215,20 @@ def train_lm(
         "seconds": time.perf_counter() - started,
     })  # fmt: skip
     return out_dir
+
+
+def train_ensemble(train_path: str | Path, out_dir: str | Path, recipe: LMRecipe, n_models: int,
+                   base_dir: str | Path | None = None, progress: bool = True) -> list[Path]:  # fmt: skip
+    """The further members of an ensemble of the model in `out_dir` (TRAK's, TracIn's checkpoints):
+    the same recipe, data and tokenizer with seeds seed + 1 ... seed + n_models - 1, each saved in
+    `out_dir/ensemble/seed_S`; members already there are kept."""
+    if n_models < 1:
+        raise StrideError(f"an ensemble needs at least 1 model, got {n_models}")
+    members = []
+    for offset in range(1, n_models):
+        member_recipe = dataclasses.replace(recipe, seed=recipe.seed + offset)
+        folder = Path(out_dir) / "ensemble" / f"seed_{member_recipe.seed}"
+        if not (folder / "recipe.json").exists():
+            train_lm(train_path, folder, member_recipe, base_dir, progress, tokenizer_dir=out_dir)
+        members.append(folder)
+    return members
