@@ -9,7 +9,14 @@ from stride.api import attribute
 from stride.baselines.ekfac import linear_copy
 from stride.baselines.gradients import per_example_gradients
 from stride.core.sketch import GradientProjector, parameter_sizes
-from stride.baselines.logra import KroneckerProjector, preconditioned, projected_layer_gradients, tracked_layers
+from stride.baselines.logra import (
+    KroneckerProjector,
+    eigenvalue_corrected,
+    kfac_factors,
+    preconditioned,
+    projected_layer_gradients,
+    tracked_layers,
+)
 from stride.data import load_data
 from stride.errors import StrideError
 from stride.losses import sequence_losses
@@ -178,6 +185,52 @@ def test_logra_preconditioner_is_the_damped_fisher_inverse():
     assert damping == pytest.approx(0.1 * fisher.trace().item() / 30)
     expected = features.double() @ torch.linalg.inv(fisher + damping * torch.eye(30, dtype=torch.float64))
     torch.testing.assert_close(result, expected.float(), atol=1e-4, rtol=1e-4)
+
+
+def test_logra_kfac_factors_match_a_per_example_reference(gpt2):
+    """A = mean x x^T and S = mean delta delta^T over real tokens, against one example at a time."""
+    model, train, _ = gpt2
+    layers = tracked_layers(model, "all")
+    assert "lm_head" in layers  # "all" and the default "auto" (a 320-token vocabulary) track the head
+    factors = kfac_factors(model, layers, train, batch_size=7)
+    name = next(iter(layers))
+    captured = {}
+    handle = layers[name].register_forward_hook(lambda m, args, out: captured.update(x=args[0], out=out))
+    sum_in, sum_out, tokens = 0.0, 0.0, 0
+    for index in range(len(train)):
+        batch = train.batch([index])
+        with torch.enable_grad():
+            embeddings = model.get_input_embeddings()(batch.input_ids).requires_grad_(True)
+            logits = model(inputs_embeds=embeddings, attention_mask=batch.attention_mask).logits
+            (delta,) = torch.autograd.grad(sequence_losses(logits, batch).sum(), captured["out"])
+        sum_in = sum_in + captured["x"][0].double().T @ captured["x"][0].double()
+        sum_out = sum_out + delta[0].double().T @ delta[0].double()
+        tokens += batch.input_ids.shape[1]
+    handle.remove()
+    torch.testing.assert_close(factors[f"in:{name}"], (sum_in / tokens).float(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(factors[f"out:{name}"], (sum_out / tokens).float(), atol=1e-8, rtol=1e-3)
+
+
+def test_logra_pca_projections_are_the_factors_leading_eigenvectors(gpt2):
+    model, train, _ = gpt2
+    layers = tracked_layers(model, "blocks")
+    projector = KroneckerProjector(layers, rank=8, seed=0)
+    factors = kfac_factors(model, layers, train, batch_size=16)
+    projector.use_factors(factors, 8)
+    name = next(iter(layers))
+    p_in, _ = projector.matrices[name]
+    factor = factors[f"in:{name}"].double()
+    values = torch.linalg.eigvalsh(factor).flip(0)[:8]
+    torch.testing.assert_close(p_in.double() @ p_in.double().T, torch.eye(8, dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(p_in.double() @ factor @ p_in.double().T, torch.diag(values), atol=1e-4, rtol=1e-3)
+
+
+def test_logra_eigenvalue_correction_divides_by_the_damped_mean_square():
+    features = torch.tensor([[1.0, 0.0, 2.0], [3.0, 0.0, -2.0]])
+    result, damping = eigenvalue_corrected(features, 0.5)
+    h = torch.tensor([5.0, 0.0, 4.0])
+    assert damping == pytest.approx(0.5 * 3.0)
+    torch.testing.assert_close(result, features / (h + 1.5))
 
 
 def test_ekfac_linear_copy_computes_the_same_logits(gpt2):
