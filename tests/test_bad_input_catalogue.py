@@ -167,6 +167,38 @@ def model_custom_type(tmp: Path, inputs: dict[str, Path]) -> Path:
     return model
 
 
+def _adapter(tmp: Path, inputs: dict[str, Path], base: str | None) -> Path:
+    from peft import LoraConfig, get_peft_model
+
+    from stride.models import load_causal_lm
+
+    model, _ = load_causal_lm(inputs["model"])
+    get_peft_model(model, LoraConfig(r=2, target_modules=["c_attn"])).save_pretrained(str(tmp / "adapter"))
+    config = json.loads((tmp / "adapter" / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = base
+    (tmp / "adapter" / "adapter_config.json").write_text(json.dumps(config))
+    return tmp / "adapter"
+
+
+@maker
+def adapter_other_base(tmp: Path, inputs: dict[str, Path]) -> Path:
+    other = _copy_model(inputs["model"], tmp / "other")
+    config = json.loads((other / "config.json").read_text())
+    config["n_embd"] = 48
+    (other / "config.json").write_text(json.dumps(config))
+    from stride.lm_training import LMRecipe, new_causal_lm
+    from stride.models import load_tokenizer
+
+    recipe = LMRecipe(architecture="gpt2", n_layers=2, hidden_size=48, n_heads=2, vocab_size=320, context=64)
+    new_causal_lm(recipe, load_tokenizer(other)).save_pretrained(str(other))
+    return _adapter(tmp, inputs, str(other))
+
+
+@maker
+def adapter_without_base(tmp: Path, inputs: dict[str, Path]) -> Path:
+    return _adapter(tmp, inputs, None)
+
+
 def _scores_file(tmp: Path, name: str, scores: np.ndarray) -> Path:
     np.save(tmp / name, scores)
     return tmp / name
@@ -377,4 +409,4 @@ def test_bad_input(case, shared, tmp_path, monkeypatch, capsys, recwarn):
 
 def test_the_catalogue_is_large_and_its_ids_are_unique():
     ids = [case["id"] for case in CATALOGUE]
-    assert len(ids) == len(set(ids)) and len(ids) >= 90
+    assert len(ids) == len(set(ids)) and len(ids) >= 110

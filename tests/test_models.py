@@ -1,17 +1,22 @@
-"""Finding the decoder blocks: tiny random models built from configs (nothing is downloaded)."""
+"""Loading models (folders, Hub ids from the local cache, PEFT adapters) and finding their decoder blocks
+(tiny random models built from configs; nothing is downloaded)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+import torch
 from torch import nn
 from transformers import (AutoModelForCausalLM, BartConfig, BartForCausalLM, BartForConditionalGeneration, GPT2Config,
                           LlamaConfig, MixtralConfig, PretrainedConfig, Qwen2Config, Qwen2MoeConfig, T5Config,
                           T5ForConditionalGeneration)
 
 from stride.errors import StrideError
-from stride.models import decoder_blocks
+from stride.models import decoder_blocks, load_causal_lm, parameter_count
 
 SIZES = dict(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2,
              num_key_value_heads=2, vocab_size=64, max_position_embeddings=32)  # fmt: skip
@@ -124,3 +129,70 @@ def test_encoder_decoder_models_are_refused(name: str) -> None:
     with pytest.raises(StrideError, match=f"{type(model).__name__} is an encoder-decoder model; stride attributes "
                                           "decoder-only causal LMs"):  # fmt: skip
         decoder_blocks(model)
+
+
+def _hub_cache(cache: Path, repo_id: str, model_dir: Path) -> None:
+    """A Hugging Face cache holding `model_dir` as the snapshot of `repo_id` (the cache's own layout)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    revision = "0" * 40
+    shutil.copytree(model_dir, repo / "snapshots" / revision)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+
+
+def test_a_hub_id_resolves_through_the_local_cache_and_never_downloads(gpt2_dir, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from stride.models import model_digest, resolve_model_dir
+
+    _hub_cache(tmp_path / "hub", "tiny-org/tiny-gpt2", gpt2_dir)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    resolved = resolve_model_dir("tiny-org/tiny-gpt2")
+    assert resolved.name == "0" * 40 and (resolved / "config.json").is_file()
+    model, _ = load_causal_lm("tiny-org/tiny-gpt2")
+    assert parameter_count(model) == parameter_count(load_causal_lm(gpt2_dir)[0])
+    assert model_digest("tiny-org/tiny-gpt2") == model_digest(gpt2_dir)
+    with pytest.raises(StrideError, match="neither a local folder nor in the Hugging Face cache"):
+        resolve_model_dir("tiny-org/not-cached")
+
+
+def _lora_adapter(base_dir: Path, out: Path) -> Path:
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = load_causal_lm(base_dir)
+    adapted = get_peft_model(model, LoraConfig(r=4, target_modules=["c_attn"], init_lora_weights=False))
+    adapted.save_pretrained(str(out))
+    config = json.loads((out / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(base_dir)
+    (out / "adapter_config.json").write_text(json.dumps(config))
+    return out
+
+
+def test_a_peft_adapter_folder_is_attributed_as_the_adapted_model(gpt2_dir, llama_dir, corpus, tmp_path):
+    pytest.importorskip("peft")
+    from peft import PeftModel
+
+    from stride.api import attribute
+
+    adapter = _lora_adapter(gpt2_dir, tmp_path / "adapter")
+    adapted, _ = load_causal_lm(adapter)
+    base, tokenizer = load_causal_lm(gpt2_dir)
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    assert all(torch.equal(a, b) for a, b in zip(adapted.state_dict().values(), merged.state_dict().values()))
+    assert not torch.equal(adapted.state_dict()["transformer.h.0.attn.c_attn.weight"],
+                           load_causal_lm(gpt2_dir)[0].state_dict()["transformer.h.0.attn.c_attn.weight"])  # fmt: skip
+    merged.save_pretrained(str(tmp_path / "merged"))
+    tokenizer.save_pretrained(str(tmp_path / "merged"))
+    via_adapter = attribute(adapter, corpus["train"], corpus["queries"], tmp_path / "a", method="tfidf", progress=False)
+    assert via_adapter.scores.shape == (6, 96)
+    settings = {"exact_max_parameters": 10**9}
+    one = attribute(adapter, corpus["train"], corpus["queries"], tmp_path / "g1", method="graddot",
+                    method_settings=settings, progress=False)  # fmt: skip
+    two = attribute(tmp_path / "merged", corpus["train"], corpus["queries"], tmp_path / "g2", method="graddot",
+                    method_settings=settings, progress=False)  # fmt: skip
+    assert torch.allclose(one.scores, two.scores, rtol=1e-4, atol=1e-6)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(llama_dir)
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(StrideError, match="does not fit its base model"):
+        load_causal_lm(adapter)

@@ -18,11 +18,11 @@ from stride import __version__
 from stride.attributor import MethodContext
 from stride.config import StrideConfig
 from stride.core.arrays import save_arrays
-from stride.core.digest import content_digest, file_digest
+from stride.core.digest import content_digest
 from stride.core.jsonio import write_json
 from stride.data import TokenizedData, load_data, write_jsonl
 from stride.errors import StrideError
-from stride.models import context_length, load_causal_lm, parameter_count
+from stride.models import context_length, load_causal_lm, model_digest, parameter_count, resolve_model_dir
 from stride.registry import available_methods, create_attributor
 from stride.store import RunStore
 
@@ -90,6 +90,7 @@ def attribute(
     n_threads = set_threads(threads)
     check_seed(seed)
     torch.manual_seed(seed)
+    model_dir = resolve_model_dir(model_dir)  # a Hub id: its snapshot in the local cache
     model, tokenizer = load_causal_lm(model_dir, trust_remote_code=trust_remote_code)
     max_length = resolve_max_length(config.max_length, model, tokenizer)
     train = load_data(train_path, tokenizer, max_length, name="training set")
@@ -142,7 +143,7 @@ def input_digests(model_dir: str | Path, train_path: str | Path, queries_path: s
     """sha256 of the model folder and of the contents of the training and query data: recorded with
     the scores, so ground truth made on other data is recognised."""
     return {
-        "model": file_digest(model_dir),
+        "model": model_digest(model_dir),
         "train": content_digest(train_path),
         "queries": content_digest(queries_path),
     }

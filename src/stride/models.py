@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,15 +17,26 @@ from stride.errors import StrideError
 logger = logging.getLogger(__name__)
 
 CONTEXT_ATTRIBUTES = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+ADAPTER_CONFIG = "adapter_config.json"
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "org/name", as the Hub spells repository ids
 
 
 def load_causal_lm(
     model_dir: str | Path, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32
 ) -> tuple[nn.Module, Any]:
-    """Load a local `save_pretrained` folder (model + tokenizer), frozen and in eval mode."""
+    """Load a model (frozen, in eval mode) and its tokenizer from a local `save_pretrained` folder, a
+    Hugging Face Hub id found in the local cache (`resolve_model_dir`) or a PEFT adapter folder
+    (the adapted model, its LoRA weights merged in)."""
+    model_dir = resolve_model_dir(model_dir)
+    if (model_dir / ADAPTER_CONFIG).is_file():
+        return _load_adapted(model_dir, trust_remote_code, dtype)
+    return _load_plain(model_dir, trust_remote_code, dtype)
+
+
+def _load_plain(model_dir: Path, trust_remote_code: bool, dtype: torch.dtype) -> tuple[nn.Module, Any]:
     import transformers
 
-    model_dir = Path(model_dir)
     if model_dir.exists() and not model_dir.is_dir():
         raise StrideError(f"--model must be a model folder (save_pretrained), but {model_dir} is not a folder")
     if not model_dir.is_dir():
@@ -43,6 +55,75 @@ def load_causal_lm(
     model.eval()
     model.requires_grad_(False)
     check_tokenizer_fits(model, tokenizer, model_dir)
+    return model, tokenizer
+
+
+def resolve_model_dir(model: str | Path) -> Path:
+    """A local folder as given, or a Hub id ("org/name") resolved to its snapshot in the local
+    Hugging Face cache. Nothing is downloaded: a model missing from the cache is a StrideError."""
+    path = Path(model)
+    if path.exists() or not HUB_ID.fullmatch(str(model)):
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(str(model), local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        raise StrideError(
+            f"model {model!r} is neither a local folder nor in the Hugging Face cache ({HF_HUB_CACHE}); stride never "
+            f"downloads: fetch it first (hf download {model}) or pass a model folder"
+        ) from None
+
+
+def model_digest(model_dir: str | Path) -> str:
+    """sha256 naming a model: its folder's files, and for an adapter also its base model's."""
+    import hashlib
+
+    from stride.core.digest import file_digest
+
+    folder = resolve_model_dir(model_dir)
+    digest = file_digest(folder)
+    if (folder / ADAPTER_CONFIG).is_file():
+        base = _adapter_base(folder)
+        digest = hashlib.sha256(f"{digest}|{file_digest(base)}".encode()).hexdigest()
+    return digest
+
+
+def _adapter_base(adapter_dir: Path) -> Path:
+    """The base model folder of a PEFT adapter: its `base_model_name_or_path` (a folder, also
+    relative to the adapter, or a Hub id in the cache)."""
+    import json
+
+    named = json.loads((adapter_dir / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if not named:
+        raise StrideError(f"{adapter_dir / ADAPTER_CONFIG} names no base model (base_model_name_or_path)")
+    beside = adapter_dir / named
+    return beside if not Path(named).is_absolute() and beside.is_dir() else resolve_model_dir(named)
+
+
+def _load_adapted(adapter_dir: Path, trust_remote_code: bool, dtype: torch.dtype) -> tuple[nn.Module, Any]:
+    """A PEFT adapter merged into its base model; the adapter folder's tokenizer when it has one."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise StrideError(
+            f"{adapter_dir} is a PEFT adapter; install peft (pip install 'stride-tda[adapters]')"
+        ) from None
+    base_dir = _adapter_base(adapter_dir)
+    base, tokenizer = _load_plain(base_dir, trust_remote_code, dtype)
+    if any((adapter_dir / name).is_file() for name in TOKENIZER_FILES):
+        tokenizer = load_tokenizer(adapter_dir, trust_remote_code)
+    try:
+        model = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    except Exception as exc:  # peft raises RuntimeError / ValueError / KeyError for an adapter of another model
+        reason = str(exc).splitlines()[0]
+        raise StrideError(f"the adapter in {adapter_dir} does not fit its base model {base_dir}: {reason}") from None
+    model.eval()
+    model.requires_grad_(False)
+    check_tokenizer_fits(model, tokenizer, adapter_dir)
     return model, tokenizer
 
 
@@ -72,9 +153,10 @@ def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False) -> An
     import transformers
 
     model_dir = Path(model_dir)
-    names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-    if not any((model_dir / name).is_file() for name in names):
-        raise StrideError(f"{model_dir} has no tokenizer (none of {', '.join(names)}); save it beside the model")
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise StrideError(
+            f"{model_dir} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save it beside the model"
+        )
     try:
         return transformers.AutoTokenizer.from_pretrained(
             str(model_dir), local_files_only=True, trust_remote_code=trust_remote_code

@@ -19,9 +19,10 @@ import datasets
 import numpy as np
 import torch
 
-from stride.core.digest import content_digest, file_digest
+from stride.core.digest import content_digest
 from stride.data import read_examples
 from stride.errors import StrideError
+from stride.models import model_digest
 from stride.report_page import ExampleView, LDSView, QueryView, ReportData, render_page
 
 TEXT_FIELDS = ("text", "prompt", "completion")
@@ -88,7 +89,7 @@ def _recorded_path(run_dir: Path, info: dict[str, Any], name: str) -> Path:
     if not path.exists():
         raise StrideError(f"the {name} path recorded in {run_dir}/info.json is gone: {path}")
     wanted = info.get("digests", {}).get(name)
-    if wanted is not None and (file_digest(path) if name == "model" else content_digest(path)) != wanted:
+    if wanted is not None and (model_digest(path) if name == "model" else content_digest(path)) != wanted:
         raise StrideError(f"the {name} at {path} changed after the run in {run_dir} (its sha256 differs from the one "
                           "recorded in info.json)")  # fmt: skip
     return path

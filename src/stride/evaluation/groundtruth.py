@@ -33,6 +33,7 @@ from stride.core.digest import content_digest, file_digest
 from stride.core.jsonio import to_json, write_json
 from stride.errors import StrideError
 from stride.lm_training import LMRecipe
+from stride.models import model_digest
 from stride.store import RUN_RECORD, STAGES, exclusive
 
 REGIMES = ("finetune", "scratch")
@@ -216,7 +217,7 @@ def _retrain_and_collect(spec: GroundTruthSpec, out_dir: Path, subsets: np.ndarr
         torch.stack([load_file(jobs[s * spec.n_subsets + j][3])["losses"] for j in range(spec.n_subsets)])
         for s in range(spec.n_seeds)
     ])  # fmt: skip
-    digests = {"model_sha256": file_digest(spec.model), "train_sha256": content_digest(spec.train),
+    digests = {"model_sha256": model_digest(spec.model), "train_sha256": content_digest(spec.train),
                "queries_sha256": content_digest(spec.queries)}  # fmt: skip
     save_arrays(
         {"losses": losses, "subsets": torch.as_tensor(subsets.astype(np.uint8))},
