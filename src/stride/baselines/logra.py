@@ -79,6 +79,9 @@ class LograSettings:
         check_choice(self, "modules", MODULE_SETS)
         check_choice(self, "initialization", INITIALIZATIONS)
         check_choice(self, "hessian", HESSIANS)
+        if self.hessian == "ekfac" and self.initialization != "pca":
+            raise StrideError("logra: hessian 'ekfac' (a diagonal in the K-FAC eigenbasis) needs initialization 'pca'; "
+                              "use hessian 'raw' with random projections")  # fmt: skip
 
 
 def layer_dims(module: nn.Module) -> tuple[int, int] | None:
