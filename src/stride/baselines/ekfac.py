@@ -156,7 +156,8 @@ class _Collate:
 def _tracked_names(model: nn.Module, which: str) -> list[str] | None:
     """kronfluence's tracked modules: None for all of them, else the decoder blocks' linear layers."""
     if which == "auto":
-        head: Any = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        hf_model: Any = model  # a Hugging Face model: get_output_embeddings is not in nn.Module's stubs
+        head = hf_model.get_output_embeddings() if hasattr(hf_model, "get_output_embeddings") else None
         vocab = head.weight.shape[0] if isinstance(head, nn.Linear) else 0
         which = "all" if 4 * vocab * vocab <= HEAD_COVARIANCE_BYTES else "blocks"
         if which == "blocks":
