@@ -20,6 +20,7 @@ from stride.config import StrideConfig
 from stride.core.arrays import save_arrays
 from stride.core.digest import content_digest
 from stride.core.jsonio import write_json
+from stride.core.topk import TopScores
 from stride.data import TokenizedData, load_data, write_jsonl
 from stride.errors import StrideError
 from stride.models import context_length, load_causal_lm, model_digest, parameter_count, resolve_model_dir
@@ -31,11 +32,13 @@ TOP_K = 10
 
 @dataclass
 class AttributionResult:
-    """Scores [n_queries, n_train] (positive = lowers the query's loss) and where they were written."""
+    """Scores [n_queries, n_train] (positive = lowers the query's loss) and where they were written;
+    with `top_k`, `scores` is None and `top` holds each query's top and bottom k (and sparse scores)."""
 
-    scores: torch.Tensor
+    scores: torch.Tensor | None
     out_dir: Path
     info: dict[str, Any]
+    top: TopScores | None = None
 
 
 def set_threads(threads: int | None) -> int:
@@ -71,6 +74,7 @@ def attribute(
     trust_remote_code: bool = False,
     method_settings: dict[str, Any] | None = None,
     reuse_from: str | Path | None = None,
+    top_k: int | None = None,
 ) -> AttributionResult:
     """Score every training example for every query and write the run folder.
 
@@ -80,11 +84,14 @@ def attribute(
     STRIDE's settings, `method_settings` those of another `method`. `reuse_from`: a run folder of
     the same model, training set and settings whose query-independent stages (STRIDE's trained
     operators, a baseline's training-side features) are copied in first, so new queries cost
-    only their own stages.
+    only their own stages. `top_k`: write each query's k most and k least influential examples
+    (`top_scores.safetensors`) and, for STRIDE, its sparse scores (`scores_sparse.safetensors`)
+    instead of the dense `scores.safetensors` (README: "Top-k output").
     """
     started = time.perf_counter()
     config = config or StrideConfig()
     config.validate()
+    check_top_k(top_k)
     if method not in available_methods():
         raise StrideError(f"unknown method {method!r}; available: {', '.join(available_methods())}")
     n_threads = set_threads(threads)
@@ -105,8 +112,9 @@ def attribute(
         if reuse_from is not None:
             store.adopt_training_stages(reuse_from)
         attributor.prepare(train)
-        scores = attributor.score(queries)
-        if not torch.isfinite(scores).all():
+        output = attributor.score(queries) if top_k is None else attributor.score_top(queries, top_k)
+        finite = output.all_finite() if isinstance(output, TopScores) else bool(torch.isfinite(output).all())
+        if not finite:
             raise StrideError("the scores contain NaN or inf; the stage files are kept in the output folder")
         info = {
             "method": method,
@@ -128,9 +136,21 @@ def attribute(
             "stages": attributor.stage_info,
             "versions": versions(),
         }
-        write_outputs(Path(out_dir), scores, info, train, queries)
+        if isinstance(output, TopScores):
+            info["top_k"] = int(output.top_indices.shape[1])
+            write_top_outputs(Path(out_dir), output, info, train, queries)
+        else:
+            write_outputs(Path(out_dir), output, info, train, queries)
         store.finish()
-    return AttributionResult(scores, Path(out_dir), info)
+    if isinstance(output, TopScores):
+        return AttributionResult(None, Path(out_dir), info, output)
+    return AttributionResult(output, Path(out_dir), info)
+
+
+def check_top_k(top_k: int | None) -> None:
+    """`top_k` is None or a positive integer."""
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise StrideError(f"top_k must be a positive integer, got {top_k!r}")
 
 
 def check_seed(seed: int) -> None:
@@ -191,6 +211,34 @@ def write_outputs(
     save_arrays({"scores": scores.float()}, out_dir / "scores.safetensors", digests)
     write_json(out_dir / "info.json", info)
     write_jsonl(top_examples(scores, train, queries), out_dir / "top.jsonl")
+
+
+def top_rows(top: TopScores, train: TokenizedData, queries: TokenizedData, k: int = TOP_K) -> list[dict[str, Any]]:
+    """`top_examples` from top-k arrays: per query the first min(k, top-k) of each list."""
+    k = min(k, top.top_indices.shape[1])
+
+    def entries(indices: torch.Tensor, scores: torch.Tensor) -> list[dict[str, Any]]:
+        return [{"index": int(i), "score": float(s), "text": train.display_text(int(i))}
+                for i, s in zip(indices[:k], scores[:k])]  # fmt: skip
+
+    return [{"query_index": query, "query": queries.display_text(query),
+             "top": entries(top.top_indices[query], top.top_scores[query]),
+             "bottom": entries(top.bottom_indices[query], top.bottom_scores[query])}
+            for query in range(len(top.top_indices))]  # fmt: skip
+
+
+def write_top_outputs(
+    out_dir: Path, top: TopScores, info: dict[str, Any], train: TokenizedData, queries: TokenizedData
+) -> None:
+    """top_scores.safetensors, scores_sparse.safetensors (when the method has sparse scores),
+    info.json and top.jsonl in `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    digests = {f"{name}_sha256": value for name, value in info.get("digests", {}).items()}
+    save_arrays(top.tensors(), out_dir / "top_scores.safetensors", digests)
+    if top.sparse is not None:
+        save_arrays(top.sparse.tensors(), out_dir / "scores_sparse.safetensors", digests)
+    write_json(out_dir / "info.json", info)
+    write_jsonl(top_rows(top, train, queries), out_dir / "top.jsonl")
 
 
 def load_scores(path: str | Path) -> np.ndarray:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from stride.config import StrideConfig
+from stride.core.topk import TopScores, top_scores
 from stride.store import RunStore, Stage, StageOutput, Tensors
 from stride.tasks import CausalLMTask, Examples, Task
 
@@ -66,6 +67,13 @@ class Attributor(ABC):
     @abstractmethod
     def score(self, queries: Examples) -> torch.Tensor:
         """The float32 score matrix [len(queries), n_train] of the prepared training set."""
+
+    def score_top(self, queries: Examples, k: int) -> TopScores:
+        """Per query the k most and k least influential examples (`attribute(top_k=k)`). This default
+        takes them from `score`; a method whose scores come in parts (STRIDE) overrides it so that no
+        dense [n_queries, n_train] matrix is built, and adds its sparse scores."""
+        scores = self.score(queries)
+        return top_scores(lambda start, stop: scores[start:stop], len(scores), scores.shape[1], k)
 
     def _stage(self, stage: Stage, compute: Callable[[], StageOutput]) -> tuple[Tensors, dict[str, Any]]:
         """Load a finished stage from the run store or compute (and store) it; records its seconds."""

@@ -40,11 +40,15 @@ def _attribute(args: argparse.Namespace) -> None:
         args.model, args.train, args.queries, args.out, method=args.method, config=config, seed=args.seed,
         threads=args.threads, overwrite=args.overwrite, progress=not args.quiet,
         trust_remote_code=args.trust_remote_code, method_settings=method_settings, reuse_from=args.reuse_from,
+        top_k=args.top_k,
     )  # fmt: skip
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in result.info["timings_seconds"].items())
-    print(
-        f"wrote {result.out_dir}/scores.safetensors [{result.scores.shape[0]} x {result.scores.shape[1]}] ({timings})"
-    )
+    if result.top is not None:
+        rows, k = result.top.top_indices.shape
+        written = f"top_scores.safetensors [{rows} queries x top/bottom {k}]"
+    else:
+        written = f"scores.safetensors [{result.info['n_queries']} x {result.info['n_train']}]"
+    print(f"wrote {result.out_dir}/{written} ({timings})")
 
 
 def _attribute_classifier(args: argparse.Namespace) -> None:
@@ -223,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
         "training-side features new queries reuse",
     )
     sub.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code")
+    sub.add_argument("--top-k", type=int, metavar="K",
+                     help="write each query's K most and least influential examples (and STRIDE's sparse scores) "
+                          "instead of the dense score matrix")  # fmt: skip
     sub.add_argument("--checkpoints", nargs="+", default=[],
                      help="further models of the same architecture and tokenizer (e.g. MODEL/ensemble/*): the "
                           "ensemble of trak, graddot and gradcos")  # fmt: skip

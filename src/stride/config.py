@@ -17,6 +17,7 @@ from stride.errors import StrideError
 
 FORMS = ("residual", "logit")
 LAMBDA_RULES = ("cv", "fixed")
+LASSO_SOLVERS = ("auto", "batched", "scikit-learn")
 
 
 @dataclass
@@ -51,6 +52,9 @@ class StrideConfig:
         lambda_rule: "cv" (cross-validated over subsets on a sample of queries) or "fixed".
         lasso_lambda: the Lasso penalty when lambda_rule is "fixed" (scikit-learn's alpha).
         cv_queries: how many queries the "cv" rule looks at to choose one shared penalty.
+        lasso_solver: "batched" (every query at once on the sparse membership, in torch: for large
+            training sets), "scikit-learn" (per query: faster on small ones) or "auto" (batched from
+            10,000 training examples).
         measure_rows: steered sequences per forward pass during measurement.
         max_length: token limit per example; None means the model's context length.
         checkpoint_every: training steps between two resumable checkpoints.
@@ -77,6 +81,7 @@ class StrideConfig:
     lambda_rule: str = "cv"
     lasso_lambda: float = 1e-4
     cv_queries: int = 8
+    lasso_solver: str = "auto"
     measure_rows: int = 256
     max_length: int | None = None
     checkpoint_every: int = 50
@@ -88,6 +93,8 @@ class StrideConfig:
             raise StrideError(f"form must be one of {FORMS}, got {self.form!r}")
         if self.lambda_rule not in LAMBDA_RULES:
             raise StrideError(f"lambda_rule must be one of {LAMBDA_RULES}, got {self.lambda_rule!r}")
+        if self.lasso_solver not in LASSO_SOLVERS:
+            raise StrideError(f"lasso_solver must be one of {LASSO_SOLVERS}, got {self.lasso_solver!r}")
         if self.n_subsets < 2:
             raise StrideError(f"n_subsets (K) must be at least 2, got {self.n_subsets}")
         if not 1 <= self.subsets_per_example <= self.n_subsets:

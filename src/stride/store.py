@@ -44,7 +44,8 @@ from stride.errors import StrideError
 
 STAGES = "stages"
 RUN_RECORD = "run.json"
-OUTPUTS = ("scores.safetensors", "info.json", "top.jsonl", RUN_RECORD)
+OUTPUTS = ("scores.safetensors", "top_scores.safetensors", "scores_sparse.safetensors", "info.json", "top.jsonl",
+           RUN_RECORD)  # fmt: skip
 LOCK_FILE = ".lock"
 REPLACED = ".replaced-"  # prefix of an old run moved aside by --overwrite until the new one is written
 QUERY_INPUT = "queries"

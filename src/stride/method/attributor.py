@@ -18,13 +18,23 @@ from torch import nn
 
 from stride.attributor import Attributor, MethodContext
 from stride.config import StrideConfig
+from stride.core.sparse_rows import SparseRows
+from stride.core.topk import TopScores, chunk_rows, top_scores
 from stride.errors import StrideError
 from stride.method.first_order import restricted_gradients
 from stride.method.hybrid import cross_fitted_weight, mix
 from stride.method.measure import query_responses
 from stride.method.membership import example_subsets, membership_matrix, subset_sizes
 from stride.method.operators import LOGIT, OperatorBank
-from stride.method.recover import CV_LAMBDAS, CV_SPAN, cross_validated_lambda, lasso_scores, standardize
+from stride.method.recover import (
+    CV_LAMBDAS,
+    CV_SPAN,
+    SOLVERS,
+    cross_validated_lambda,
+    lasso_scores,
+    resolve_solver,
+    standardize,
+)
 from stride.method.stages import (
     FirstOrderArguments,
     MembershipArguments,
@@ -172,32 +182,33 @@ class StrideAttributor(Attributor):
         return torch.cat([responses for responses, _ in measured], dim=1), measured[0][1]
 
     def _design_scores(self, design: Design, queries: Examples,
-                       penalty: float | None) -> tuple[torch.Tensor, float, torch.Tensor]:  # fmt: skip
-        """One design's Lasso scores, its penalty (None: chosen by the lambda rule, else reused) and
-        the responses they were recovered from."""
+                       penalty: float | None) -> tuple[SparseRows, float, torch.Tensor]:  # fmt: skip
+        """One design's Lasso scores (sparse), its penalty (None: chosen by the lambda rule, else
+        reused) and the responses they were recovered from."""
         responses, _ = self._design_responses(design, queries)
         config = self.config
         if config.lambda_rule == "fixed":
             penalty = config.lasso_lambda
         cross_validated = penalty is None
+        solver = resolve_solver(config.lasso_solver, len(design.table))
         arguments = RecoveryArguments(
             design.operator_args, config.lambda_rule, penalty, config.cv_queries if cross_validated else None,
-            CV_LAMBDAS if cross_validated else None, CV_SPAN if cross_validated else None,
+            CV_LAMBDAS if cross_validated else None, CV_SPAN if cross_validated else None, SOLVERS[solver],
         )  # fmt: skip
 
         def recover() -> StageOutput:
-            membership = membership_matrix(design.table, config.n_subsets)
             standardized, scales = standardize(responses.double().numpy())
             chosen = penalty
             if chosen is None:
-                chosen = cross_validated_lambda(membership, standardized, config.cv_queries, design.seed)
-            scores = lasso_scores(membership, standardized, scales, chosen)
-            info = {"lambda": chosen, "nonzero_fraction": float((scores != 0).mean())}
-            return {"scores": torch.as_tensor(scores)}, info
+                chosen = cross_validated_lambda(design.table, config.n_subsets, standardized, config.cv_queries,
+                                                design.seed, solver)  # fmt: skip
+            scores = lasso_scores(design.table, config.n_subsets, standardized, scales, chosen, solver)
+            info = {"lambda": chosen, "nonzero_fraction": scores.nnz / max(scores.shape[0] * scores.shape[1], 1)}
+            return scores.tensors(), info
 
         stage = Stage("recovery" + design.suffix, arguments, self._inputs(**{QUERY_INPUT: queries.digest}))
         tensors, info = self._stage(stage, recover)
-        return tensors["scores"], info["lambda"], responses
+        return SparseRows.from_tensors(tensors), info["lambda"], responses
 
     def _first_order_weight(self) -> float | None:
         """The configured mixing weight; None: to be cross-fitted ("auto" with several designs)."""
@@ -216,36 +227,91 @@ class StrideAttributor(Attributor):
         return from_config(FirstOrderArguments, self.config, layer=self.layer, task=self.task.settings(),
                            rank=FIRST_ORDER_RANK, seed=self.seed)  # fmt: skip
 
-    def _first_order_scores(self, queries: Examples) -> np.ndarray:
-        """<g(query), g(example)> of the logit family (training-side features made in prepare)."""
+    def _first_order_query_features(self, queries: Examples) -> torch.Tensor:
+        """The queries' first-order features; <g(query), g(example)> with the training-side features
+        made in prepare() are the first-order scores."""
         if self.first_order_train_ is None:  # made in prepare() whenever the first-order scores are used
             raise RuntimeError("call prepare() before score()")
         stage = Stage("first_order_queries", self._first_order_args(), self._inputs(**{QUERY_INPUT: queries.digest}))
         stored, _ = self._stage(stage, lambda: self._first_order_features(queries, query=True))
-        return (stored["features"] @ self.first_order_train_.T).double().numpy()
+        return stored["features"]
 
     def score(self, queries: Examples) -> torch.Tensor:
         """Lasso-recovered influence of every training example on every query, averaged over the
         designs (the penalty chosen on the first design serves them all), then mixed with the
         first-order scores when `first_order_weight` asks for it (`stride.method.hybrid`)."""
+        mixture = self._mixture(queries, rows_per_chunk=len(queries))
+        return mixture.rows(0, len(queries)).float()
+
+    def score_top(self, queries: Examples, k: int) -> TopScores:
+        """The k most and least influential examples per query and the designs' averaged (sparse)
+        Lasso scores, computed a chunk of queries at a time: no dense [n_queries, n_train] matrix."""
+        n_train = len(self._prepared()[0].table)
+        mixture = self._mixture(queries, rows_per_chunk=chunk_rows(n_train))
+        return top_scores(mixture.rows, len(queries), n_train, k, sparse=mixture.lasso.to(torch.float32))
+
+    def _mixture(self, queries: Examples, rows_per_chunk: int) -> Mixture:
+        """The final scores of `queries` as a recipe (the sparse Lasso average, and the first-order part
+        and its weight when used), the weight cross-fitted a chunk of queries at a time when asked."""
         penalty = None
         recovered, responses = [], []
         for design in self._prepared():
             scores, penalty, measured = self._design_scores(design, queries, penalty)
-            recovered.append(scores.double().numpy())
+            recovered.append(scores)
             responses.append(measured.double().numpy())
         self.lambda_ = penalty
-        lasso = np.mean(recovered, axis=0)
+        lasso = SparseRows.mean(recovered)
         weight = self._first_order_weight()
         if weight == 0.0:
-            return torch.as_tensor(lasso, dtype=torch.float32)
-        first_order = self._first_order_scores(queries)
+            return Mixture(lasso)
+        mixture = Mixture(lasso, self._first_order_query_features(queries), self.first_order_train_)
         criteria: dict[float, float] = {}
         if weight is None:
-            memberships = [membership_matrix(design.table, self.config.n_subsets) for design in self.designs_]
-            weight, criteria = cross_fitted_weight(recovered, responses, memberships, first_order)
+            weight, criteria = self._cross_fitted_weight(recovered, responses, mixture, rows_per_chunk)
         self.stage_info["hybrid"] = {"first_order_weight": weight, "criteria": criteria}
-        return torch.as_tensor(mix(lasso, first_order, weight), dtype=torch.float32)
+        mixture.weight = weight
+        return mixture
+
+    def _cross_fitted_weight(self, recovered: list[SparseRows], responses: list[np.ndarray], mixture: Mixture,
+                             rows_per_chunk: int) -> tuple[float, dict[float, float]]:  # fmt: skip
+        """`hybrid.cross_fitted_weight` over chunks of queries (its criteria are means over queries)."""
+        memberships = [membership_matrix(design.table, self.config.n_subsets) for design in self.designs_]
+        n_queries = len(responses[0])
+        parts = []
+        for start in range(0, n_queries, rows_per_chunk):
+            stop = min(start + rows_per_chunk, n_queries)
+            chunk = [scores.dense(start, stop).double().numpy() for scores in recovered]
+            _, criteria = cross_fitted_weight(chunk, [measured[start:stop] for measured in responses], memberships,
+                                              mixture.first_order(start, stop))  # fmt: skip
+            parts.append((stop - start, criteria))
+        if len(parts) == 1:
+            criteria = parts[0][1]
+        else:
+            criteria = {weight: sum(size * part[weight] for size, part in parts) / n_queries for weight in parts[0][1]}
+        return max(criteria, key=criteria.__getitem__), criteria
+
+
+@dataclass
+class Mixture:
+    """STRIDE's final scores, row chunk by row chunk: the designs' averaged Lasso scores, mixed with
+    the first-order scores (query features x training features) at `weight` when those are given."""
+
+    lasso: SparseRows
+    query_features: torch.Tensor | None = None
+    train_features: torch.Tensor | None = None
+    weight: float = 0.0
+
+    def first_order(self, start: int, stop: int) -> np.ndarray:
+        if self.query_features is None or self.train_features is None:
+            raise RuntimeError("this mixture has no first-order scores")
+        return (self.query_features[start:stop] @ self.train_features.T).double().numpy()
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """Scores of queries start..stop (float64 [stop - start, n_train])."""
+        lasso = self.lasso.dense(start, stop).double()
+        if self.query_features is None:
+            return lasso
+        return torch.as_tensor(mix(lasso.numpy(), self.first_order(start, stop), self.weight))
 
 
 def create(context: MethodContext) -> StrideAttributor:

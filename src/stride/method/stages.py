@@ -68,7 +68,8 @@ class OperatorArguments:
 
 @dataclass(frozen=True)
 class RecoveryArguments:
-    """A design's Lasso: its operators, the lambda rule and either the penalty or the CV grid."""
+    """A design's Lasso: its operators, the lambda rule, either the penalty or the CV grid, and the
+    solver (its name and tolerances: scores from another solver are not reused)."""
 
     operators: OperatorArguments
     lambda_rule: str
@@ -76,6 +77,7 @@ class RecoveryArguments:
     cv_queries: int | None
     cv_lambdas: int | None
     cv_span: float | None
+    lasso_solver: str
 
 
 @dataclass(frozen=True)
