@@ -75,13 +75,20 @@ def test_lexical_scores_are_exact_for_duplicates(gpt2_dir, corpus, tmp_path):
 
 
 def test_same_seed_same_scores_other_seed_other_projection(gpt2_dir, corpus, tmp_path):
-    for method in ("graddot", "logra"):
-        first = _run(gpt2_dir, corpus, tmp_path / f"{method}-a", method).scores
-        second = _run(gpt2_dir, corpus, tmp_path / f"{method}-b", method).scores
+    """Random projections follow the seed; exact gradients and PCA projections have none to follow."""
+    random_projections = {"graddot": {"exact_max_parameters": 0}, "logra": {"initialization": "random", "hessian": "raw"}}
+    for method, settings in random_projections.items():
+        first = _run(gpt2_dir, corpus, tmp_path / f"{method}-a", method, **settings).scores
+        second = _run(gpt2_dir, corpus, tmp_path / f"{method}-b", method, **settings).scores
         assert torch.equal(first, second), method
         other = attribute(gpt2_dir, corpus["train"], corpus["queries"], tmp_path / f"{method}-c", method=method,
-                          seed=1, progress=False, method_settings=SMALL[method]).scores  # fmt: skip
+                          seed=1, progress=False, method_settings={**SMALL[method], **settings}).scores  # fmt: skip
         assert not torch.equal(first, other), method
+    for method in ("graddot", "logra"):  # the defaults: exact gradients, PCA projections
+        first = _run(gpt2_dir, corpus, tmp_path / f"{method}-d", method).scores
+        other = attribute(gpt2_dir, corpus["train"], corpus["queries"], tmp_path / f"{method}-e", method=method,
+                          seed=1, progress=False, method_settings=SMALL[method]).scores  # fmt: skip
+        assert torch.equal(first, other), method
 
 
 def test_checkpoints_add_up(gpt2_dir, corpus, tmp_path):
