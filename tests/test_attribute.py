@@ -79,6 +79,12 @@ def test_designs_average_independent_runs_and_reuse_the_first(gpt2_dir, corpus, 
                        seed=DESIGN_SEED_STRIDE, progress=False)  # fmt: skip
     both = _run(gpt2_dir, corpus, tmp_path / "run", epochs=2, designs=2, first_order_weight=0)
     assert torch.allclose(both.scores, (single.scores + second.scores) / 2)
+    # each score's standard error: the two designs' spread, std / sqrt(2) = |difference| / 2
+    stored = load_file(str(tmp_path / "run" / "scores.safetensors"))
+    assert torch.allclose(stored["scores_se"], (single.scores - second.scores).abs() / 2, atol=1e-7)
+    top = json.loads((tmp_path / "run" / "top.jsonl").read_text().splitlines()[0])["top"][0]
+    assert top["se"] == pytest.approx(float(stored["scores_se"][0, top["index"]]))
+    assert "scores_se" not in load_file(str(tmp_path / "other" / "scores.safetensors"))  # one design: none
     stages = both.info["stages"]
     assert stages["operators"]["reused"] and not stages["operators_design1"]["reused"]
     assert set(stages) >= {"membership_design1", "responses_design1", "recovery_design1"}

@@ -140,7 +140,7 @@ def attribute(
             info["top_k"] = int(output.top_indices.shape[1])
             write_top_outputs(Path(out_dir), output, info, train, queries)
         else:
-            write_outputs(Path(out_dir), output, info, train, queries)
+            write_outputs(Path(out_dir), output, info, train, queries, getattr(attributor, "scores_se_", None))
         store.finish()
     if isinstance(output, TopScores):
         return AttributionResult(None, Path(out_dir), info, output)
@@ -181,16 +181,25 @@ def versions() -> dict[str, str]:
 
 
 def top_examples(
-    scores: torch.Tensor, train: TokenizedData, queries: TokenizedData, k: int = TOP_K
+    scores: torch.Tensor,
+    train: TokenizedData,
+    queries: TokenizedData,
+    k: int = TOP_K,
+    standard_errors: torch.Tensor | None = None,
 ) -> list[dict[str, Any]]:
-    """Per query: its text and the k most and k least influential training examples."""
+    """Per query: its text and the k most and k least influential training examples (with each
+    score's standard error when given)."""
     k = min(k, scores.shape[1])
     rows = []
 
     def entries(query: int, indices: torch.Tensor) -> list[dict[str, Any]]:
-        return [
-            {"index": int(i), "score": float(scores[query, i]), "text": train.display_text(int(i))} for i in indices
-        ]
+        listed = []
+        for i in indices:
+            entry = {"index": int(i), "score": float(scores[query, i]), "text": train.display_text(int(i))}
+            if standard_errors is not None:
+                entry["se"] = float(standard_errors[query, i])
+            listed.append(entry)
+        return listed
 
     for query in range(scores.shape[0]):
         order = torch.argsort(scores[query], descending=True, stable=True)
@@ -203,14 +212,21 @@ def top_examples(
 
 
 def write_outputs(
-    out_dir: Path, scores: torch.Tensor, info: dict[str, Any], train: TokenizedData, queries: TokenizedData
+    out_dir: Path,
+    scores: torch.Tensor,
+    info: dict[str, Any],
+    train: TokenizedData,
+    queries: TokenizedData,
+    standard_errors: torch.Tensor | None = None,
 ) -> None:
-    """scores.safetensors, info.json and top.jsonl in `out_dir`."""
+    """scores.safetensors (with `scores_se` when there are standard errors), info.json and top.jsonl."""
     out_dir.mkdir(parents=True, exist_ok=True)
     digests = {f"{name}_sha256": value for name, value in info.get("digests", {}).items()}
-    save_arrays({"scores": scores.float()}, out_dir / "scores.safetensors", digests)
+    arrays = {"scores": scores.float()} if standard_errors is None else {"scores": scores.float(),
+                                                                          "scores_se": standard_errors}  # fmt: skip
+    save_arrays(arrays, out_dir / "scores.safetensors", digests)
     write_json(out_dir / "info.json", info)
-    write_jsonl(top_examples(scores, train, queries), out_dir / "top.jsonl")
+    write_jsonl(top_examples(scores, train, queries, standard_errors=standard_errors), out_dir / "top.jsonl")
 
 
 def top_rows(top: TopScores, train: TokenizedData, queries: TokenizedData, k: int = TOP_K) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ run killed while training operators resumes from its last checkpoint.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -95,6 +95,7 @@ class StrideAttributor(Attributor):
         self.train_digest_ = ""
         self.lambda_: float | None = None
         self.first_order_train_: torch.Tensor | None = None
+        self.scores_se_: torch.Tensor | None = None
 
     def settings(self) -> dict[str, Any]:
         return {**self.config.to_dict(), **self.steered_.settings(), **self.task.settings(), "seed": self.seed}
@@ -239,8 +240,10 @@ class StrideAttributor(Attributor):
     def score(self, queries: Examples) -> torch.Tensor:
         """Lasso-recovered influence of every training example on every query, averaged over the
         designs (the penalty chosen on the first design serves them all), then mixed with the
-        first-order scores when `first_order_weight` asks for it (`stride.method.hybrid`)."""
+        first-order scores when `first_order_weight` asks for it (`stride.method.hybrid`). With two
+        or more designs, `scores_se_` holds each score's standard error from their spread."""
         mixture = self._mixture(queries, rows_per_chunk=len(queries))
+        self.scores_se_ = mixture.standard_errors(0, len(queries))
         return mixture.rows(0, len(queries)).float()
 
     def score_top(self, queries: Examples, k: int) -> TopScores:
@@ -263,8 +266,8 @@ class StrideAttributor(Attributor):
         lasso = SparseRows.mean(recovered)
         weight = self._first_order_weight()
         if weight == 0.0:
-            return Mixture(lasso)
-        mixture = Mixture(lasso, self._first_order_query_features(queries), self.first_order_train_)
+            return Mixture(lasso, designs=recovered)
+        mixture = Mixture(lasso, self._first_order_query_features(queries), self.first_order_train_, designs=recovered)
         criteria: dict[float, float] = {}
         if weight is None:
             weight, criteria = self._cross_fitted_weight(recovered, responses, mixture, rows_per_chunk)
@@ -300,6 +303,17 @@ class Mixture:
     query_features: torch.Tensor | None = None
     train_features: torch.Tensor | None = None
     weight: float = 0.0
+    designs: list[SparseRows] = field(default_factory=list)
+
+    def standard_errors(self, start: int, stop: int) -> torch.Tensor | None:
+        """Standard errors of the scores of queries start..stop: the designs' spread, std / sqrt(D),
+        carried through the mix (whose Lasso part has weight 1 - w; the first-order part is the same
+        for every design). None with fewer than two designs."""
+        if len(self.designs) < 2:
+            return None
+        spread = torch.stack([design.dense(start, stop).double() for design in self.designs]).std(dim=0)
+        share = 1.0 - self.weight if self.query_features is not None else 1.0
+        return (share * spread / len(self.designs) ** 0.5).float()
 
     def first_order(self, start: int, stop: int) -> np.ndarray:
         if self.query_features is None or self.train_features is None:
