@@ -43,6 +43,16 @@ def _copy_model(source: Path, target: Path) -> Path:
     return target
 
 
+FIXED_FILES = {  # makers that only write fixed bytes: name -> (file name, contents)
+    "empty": ("empty.jsonl", b"\n"),
+    "no_text_field": ("fields.jsonl", b'{"text": "fine"}\n{"body": "no text here"}\n'),
+    "broken_json": ("broken.jsonl", b'{"text": "ok"}\n{"text": "unterminated\n'),
+    "json_array_line": ("array.jsonl", b"[1, 2]\n"),
+    "number_text": ("numbers.jsonl", b'{"text": 5}\n{"text": 6}\n'),
+    "latin1": ("latin1.jsonl", b'{"text": "plain"}\n{"text": "caf\xe9"}\n'),
+    "all_empty": ("blank.jsonl", b'{"text": ""}\n' * 20),
+    "text_scores": ("scores.txt", b"0.1 0.2 0.3\n"),
+}
 MAKERS: dict[str, Callable[[Path, dict[str, Path]], Path]] = {}
 
 
@@ -52,52 +62,10 @@ def maker(function: Callable[[Path, dict[str, Path]], Path]) -> Callable[[Path, 
 
 
 @maker
-def empty(tmp: Path, _: dict[str, Path]) -> Path:
-    (tmp / "empty.jsonl").write_text("\n")
-    return tmp / "empty.jsonl"
-
-
-@maker
-def no_text_field(tmp: Path, _: dict[str, Path]) -> Path:
-    (tmp / "fields.jsonl").write_text('{"text": "fine"}\n{"body": "no text here"}\n')
-    return tmp / "fields.jsonl"
-
-
-@maker
-def broken_json(tmp: Path, _: dict[str, Path]) -> Path:
-    (tmp / "broken.jsonl").write_text('{"text": "ok"}\n{"text": "unterminated\n')
-    return tmp / "broken.jsonl"
-
-
-@maker
 def late_broken_json(tmp: Path, _: dict[str, Path]) -> Path:
     lines = [json.dumps({"text": f"line {i}"}) for i in range(1499)] + ['{"text": "cut']
     (tmp / "late.jsonl").write_text("\n".join(lines) + "\n")
     return tmp / "late.jsonl"
-
-
-@maker
-def json_array_line(tmp: Path, _: dict[str, Path]) -> Path:
-    (tmp / "array.jsonl").write_text("[1, 2]\n")
-    return tmp / "array.jsonl"
-
-
-@maker
-def number_text(tmp: Path, _: dict[str, Path]) -> Path:
-    (tmp / "numbers.jsonl").write_text('{"text": 5}\n{"text": 6}\n')
-    return tmp / "numbers.jsonl"
-
-
-@maker
-def latin1(tmp: Path, _: dict[str, Path]) -> Path:
-    (tmp / "latin1.jsonl").write_bytes(b'{"text": "plain"}\n{"text": "caf\xe9"}\n')
-    return tmp / "latin1.jsonl"
-
-
-@maker
-def all_empty(tmp: Path, _: dict[str, Path]) -> Path:
-    (tmp / "blank.jsonl").write_text('{"text": ""}\n' * 20)
-    return tmp / "blank.jsonl"
 
 
 @maker
@@ -225,12 +193,6 @@ def truncated_scores(tmp: Path, _: dict[str, Path]) -> Path:
 
 
 @maker
-def text_scores(tmp: Path, _: dict[str, Path]) -> Path:
-    (tmp / "scores.txt").write_text("0.1 0.2 0.3\n")
-    return tmp / "scores.txt"
-
-
-@maker
 def one_d_npy(tmp: Path, _: dict[str, Path]) -> Path:
     return _scores_file(tmp, "flat.npy", np.zeros(N_TRAIN))
 
@@ -341,7 +303,12 @@ def shared(gpt2_dir: Path, corpus: dict[str, Path], tmp_path_factory: pytest.Tem
 
 def _expand(argument: str, case: dict[str, Any], tmp: Path, shared: dict[str, Path]) -> str:
     if argument.startswith("{file:"):
-        return str(MAKERS[argument[len("{file:") : -1]](tmp, shared))
+        name = argument[len("{file:") : -1]
+        if name in FIXED_FILES:
+            file_name, contents = FIXED_FILES[name]
+            (tmp / file_name).write_bytes(contents)
+            return str(tmp / file_name)
+        return str(MAKERS[name](tmp, shared))
     if argument in ("{run}", "{gt}"):  # a copy, so no case changes what the next one reads
         return str(shutil.copytree(shared[argument[1:-1]], tmp / argument[1:-1]))
     values = {name: str(path) for name, path in shared.items()}

@@ -298,6 +298,27 @@ def read_info(out_dir: str | Path) -> dict[str, Any]:
     return json.loads((Path(out_dir) / "info.json").read_text())
 
 
+def read_run(run_dir: str | Path) -> tuple[dict[str, Any], np.ndarray]:
+    """A finished run's info.json and scores [n_queries, n_train], checked against each other."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise StrideError(f"run folder not found: {run_dir}")
+    for name in ("scores.safetensors", "info.json"):
+        if not (run_dir / name).is_file():
+            raise StrideError(f"{run_dir} holds no {name}: not a finished run of stride attribute")
+    try:
+        info = json.loads((run_dir / "info.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StrideError(f"{run_dir}/info.json is not valid JSON ({exc})") from None
+    scores, digests = read_scores(run_dir / "scores.safetensors")
+    recorded = info.get("digests", {})
+    if any(recorded.get(name, value) != value for name, value in digests.items()):
+        raise StrideError(f"{run_dir}: scores.safetensors and info.json come from different runs")
+    if not np.isfinite(scores).all():
+        raise StrideError(f"{run_dir}/scores.safetensors holds NaN or inf scores")
+    return info, scores.astype(np.float64)
+
+
 def groundtruth(
     model_dir: str | Path, train_path: str | Path, queries_path: str | Path, out_dir: str | Path,
     regime: str = "finetune", base_dir: str | Path | None = None, protocol: str = "keep", fraction: float = 0.5,

@@ -24,14 +24,9 @@ ENSEMBLE_METHODS = ("trak", "graddot", "gradcos")
 
 def _attribute(args: argparse.Namespace) -> None:
     from stride.api import attribute
-    from stride.config import StrideConfig, read_mapping_file
+    from stride.config import method_options
 
-    config, method_settings = StrideConfig(), {}
-    if args.config and args.method == "stride":
-        config = StrideConfig.from_file(args.config)
-    elif args.config:
-        values = read_mapping_file(args.config)
-        method_settings = values.get(args.method, values)
+    config, method_settings = method_options(args.method, args.config)
     if args.checkpoints:
         if args.method not in ENSEMBLE_METHODS:
             raise StrideError(f"--checkpoints is used by {', '.join(ENSEMBLE_METHODS)}, not by {args.method}")
@@ -174,7 +169,8 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _select(args: argparse.Namespace) -> None:
-    from stride.selection import method_options, select
+    from stride.config import method_options
+    from stride.selection import select
 
     config, method_settings = method_options(args.method, args.config)
     chosen = select(
@@ -186,8 +182,8 @@ def _select(args: argparse.Namespace) -> None:
 
 
 def _contamination(args: argparse.Namespace) -> None:
+    from stride.config import method_options
     from stride.contamination import contamination
-    from stride.selection import method_options
 
     config, method_settings = method_options(args.method, args.config)
     result = contamination(

@@ -233,3 +233,13 @@ def read_mapping_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise StrideError(f"config file {path} must hold a mapping of settings")
     return values
+
+
+def method_options(method: str, config_path: str | Path | None) -> tuple[StrideConfig, dict[str, Any]]:
+    """STRIDE's config or another method's settings from a JSON/YAML file (a file may hold one section per method)."""
+    if not config_path:
+        return StrideConfig(), {}
+    if method == "stride":
+        return StrideConfig.from_file(config_path), {}
+    values = read_mapping_file(config_path)
+    return StrideConfig(), values.get(method, values)

@@ -24,7 +24,7 @@ from stride.config import StrideConfig
 from stride.core.jsonio import write_json
 from stride.data import read_examples
 from stride.errors import StrideError
-from stride.selection import load_run, normalised_text, write_atomic
+from stride.selection import normalised_text, write_atomic
 
 MAD_CONSISTENCY = 1.4826  # MAD -> standard deviation for normal data
 MEAN_AD_CONSISTENCY = 1.2533  # mean absolute deviation -> standard deviation for normal data
@@ -118,9 +118,10 @@ def contamination(
     benchmark = read_examples(benchmark_path)  # a file of no usable format is named before the model loads
     truth = read_labels(labels, len(benchmark)) if labels is not None else None
     out = Path(out_dir)
-    attribute(model_dir, train_path, benchmark_path, out, method=method, config=config, seed=seed, threads=threads,
-              progress=progress, method_settings=method_settings)  # fmt: skip
-    _, scores = load_run(out)
+    result = attribute(model_dir, train_path, benchmark_path, out, method=method, config=config, seed=seed,
+                       threads=threads, progress=progress, method_settings=method_settings)  # fmt: skip
+    assert result.scores is not None  # a dense run: no top_k
+    scores = result.scores.double().numpy()
     z = robust_z(scores)
     leak, train_scores = z.max(axis=1), z.max(axis=0)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ logger = logging.getLogger(__name__)
 CONTEXT_ATTRIBUTES = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 ADAPTER_CONFIG = "adapter_config.json"
+HEAD_FACTOR_BYTES = 1 << 30  # "auto" module sets track the output head while its vocab x vocab factor fits
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "org/name", as the Hub spells repository ids
 
 
@@ -174,6 +176,24 @@ def check_tokenizer_fits(model: nn.Module, tokenizer: Any, where: str | Path = "
             f"{where}: the tokenizer has {len(tokenizer)} tokens but the model's embedding only "
             f"{n_rows} rows: tokenizer and model do not belong together"
         )
+
+
+def tracked_module_set(model: nn.Module, which: str, method: str) -> str:
+    """Resolve a curvature method's module set: "auto" is "all" (every linear layer, the output head
+    included) unless the head's vocab x vocab float32 factor would exceed HEAD_FACTOR_BYTES, then
+    "blocks" with a warning naming `method`; "all" and "blocks" are kept as they are."""
+    if which != "auto":
+        return which
+    hf_model: Any = model  # a Hugging Face model: get_output_embeddings is not in nn.Module's stubs
+    head = hf_model.get_output_embeddings() if hasattr(hf_model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    vocab = 0 if weight is None else int(weight.shape[0] if isinstance(head, nn.Linear) else weight.shape[-1])
+    if 4 * vocab * vocab <= HEAD_FACTOR_BYTES:
+        return "all"
+    size = 4 * vocab * vocab / 2**30
+    warnings.warn(f"{method}: the output head ({vocab} outputs) is not tracked, its factor would take {size:.0f} GiB; "
+                  "set modules: all to track it anyway", stacklevel=3)  # fmt: skip
+    return "blocks"
 
 
 def context_length(model: nn.Module, tokenizer: Any | None = None) -> int:

@@ -42,7 +42,7 @@ def write_report(
 
     `groundtruth`: a folder written by `stride groundtruth` (adds the LDS); `continuation_tokens`:
     greedy tokens the run's model adds to each query's first half (0: none)."""
-    from stride.api import set_threads
+    from stride.api import read_run, set_threads
 
     if k < 1:
         raise StrideError(f"k must be at least 1, got {k}")
@@ -63,22 +63,6 @@ def write_report(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_page(data), encoding="utf-8")
     return out
-
-
-def read_run(run_dir: Path) -> tuple[dict[str, Any], np.ndarray]:
-    """The run's info.json and its score matrix, or a StrideError saying what is missing."""
-    from stride.api import load_scores
-
-    if not run_dir.is_dir():
-        raise StrideError(f"run folder not found: {run_dir}")
-    for name in ("scores.safetensors", "info.json"):
-        if not (run_dir / name).is_file():
-            raise StrideError(f"{run_dir} holds no {name}: not a finished run of stride attribute")
-    try:
-        info = json.loads((run_dir / "info.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StrideError(f"{run_dir}/info.json is not valid JSON ({exc})") from None
-    return info, load_scores(run_dir)
 
 
 def _recorded_path(run_dir: Path, info: dict[str, Any], name: str) -> Path:

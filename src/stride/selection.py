@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from stride import __version__
-from stride.config import StrideConfig, read_mapping_file
+from stride.config import StrideConfig
 from stride.core.digest import content_digest
 from stride.core.jsonio import write_json
 from stride.data import read_examples
@@ -37,16 +37,6 @@ class Selection:
     indices: list[int]
     scores: list[float]
     targets: list[int] = field(default_factory=list)
-
-
-def method_options(method: str, config_path: str | Path | None) -> tuple[StrideConfig, dict[str, Any]]:
-    """STRIDE's config or another method's settings from a JSON/YAML file (as `stride attribute`)."""
-    if not config_path:
-        return StrideConfig(), {}
-    if method == "stride":
-        return StrideConfig.from_file(config_path), {}
-    values = read_mapping_file(config_path)
-    return StrideConfig(), values.get(method, values)
 
 
 def parse_budget(budget: str | int | float, n_pool: int) -> int:
@@ -126,29 +116,6 @@ def _round_robin(scores: np.ndarray, budget: int, keys: list[str] | None) -> Sel
     return chosen
 
 
-def load_run(run_dir: str | Path) -> tuple[dict[str, Any], np.ndarray]:
-    """A finished run's info.json and scores [n_queries, n_train], checked against each other."""
-    from stride.api import read_scores
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise StrideError(f"run folder not found: {run_dir}")
-    for name in ("scores.safetensors", "info.json"):
-        if not (run_dir / name).is_file():
-            raise StrideError(f"{run_dir} holds no {name}: not a finished run of stride attribute")
-    try:
-        info = json.loads((run_dir / "info.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StrideError(f"{run_dir}/info.json is not valid JSON ({exc})") from None
-    scores, digests = read_scores(run_dir / "scores.safetensors")
-    recorded = info.get("digests", {})
-    if any(recorded.get(name, value) != value for name, value in digests.items()):
-        raise StrideError(f"{run_dir}: scores.safetensors and info.json come from different runs")
-    if not np.isfinite(scores).all():
-        raise StrideError(f"{run_dir}/scores.safetensors holds NaN or inf scores")
-    return info, scores.astype(np.float64)
-
-
 def check_pool(run_dir: Path, info: dict[str, Any], pool: Path) -> None:
     """Refuse a pool file that is not the run's training set (by content sha256)."""
     wanted = info.get("digests", {}).get("train")
@@ -219,7 +186,9 @@ def select(
     _check_sources(run_dir, model_dir, target)
     run = out if model_dir is not None else Path(str(run_dir))
     if model_dir is None:
-        info, scores = load_run(run)
+        from stride.api import read_run
+
+        info, scores = read_run(run)
         check_pool(run, info, pool)
     else:
         read_examples(pool)  # a bad pool file is named before the model is loaded
@@ -228,9 +197,10 @@ def select(
     if model_dir is not None:
         from stride.api import attribute
 
-        attribute(model_dir, pool, str(target), out, method=method, config=config, seed=seed, threads=threads,
-                  progress=progress, method_settings=method_settings)  # fmt: skip
-        info, scores = load_run(run)
+        result = attribute(model_dir, pool, str(target), out, method=method, config=config, seed=seed,
+                           threads=threads, progress=progress, method_settings=method_settings)  # fmt: skip
+        assert result.scores is not None  # a dense run: no top_k
+        info, scores = result.info, result.scores.double().numpy()
     if scores.shape[1] != len(lines):
         raise StrideError(f"{run}: the scores cover {scores.shape[1]} training examples but {pool} holds {len(lines)}")
     chosen = aggregate_select(scores, aggregate, n_budget, texts if dedup else None)

@@ -12,7 +12,7 @@ Adaptations to Hugging Face causal LMs: kronfluence tracks `nn.Linear` (and `nn.
 outputs, weight transposed); the padding mask is handed to kronfluence as an integer tensor, which
 it requires. By default ("auto") every linear layer is tracked, the output head included, as
 kronfluence's authors run it; a head whose gradient covariance (vocab x vocab) would exceed
-HEAD_COVARIANCE_BYTES is left out, with a warning, and only the decoder blocks are tracked then.
+models.HEAD_FACTOR_BYTES is left out, with a warning, and only the decoder blocks are tracked then.
 """
 
 from __future__ import annotations
@@ -34,14 +34,13 @@ from torch.utils.data import Dataset
 from stride.attributor import MethodContext
 from stride.baselines.common import BaselineAttributor, check_choice, check_positive, parse_settings, require_library
 from stride.errors import StrideError
-from stride.models import decoder_blocks
+from stride.models import decoder_blocks, tracked_module_set
 from stride.store import Tensors
 from stride.tasks import Examples, batch_fields
 
 STRATEGIES = ("ekfac", "kfac", "diagonal", "identity")
 FACTORS = "factors"  # kronfluence's name of the fitted factors
 MODULE_SETS = ("auto", "all", "blocks")
-HEAD_COVARIANCE_BYTES = 1 << 30  # "auto" tracks the output head while its vocab x vocab covariance fits in this
 
 
 @dataclass
@@ -155,18 +154,7 @@ class _Collate:
 
 def _tracked_names(model: nn.Module, which: str) -> list[str] | None:
     """kronfluence's tracked modules: None for all of them, else the decoder blocks' linear layers."""
-    if which == "auto":
-        hf_model: Any = model  # a Hugging Face model: get_output_embeddings is not in nn.Module's stubs
-        head = hf_model.get_output_embeddings() if hasattr(hf_model, "get_output_embeddings") else None
-        vocab = head.weight.shape[0] if isinstance(head, nn.Linear) else 0
-        which = "all" if 4 * vocab * vocab <= HEAD_COVARIANCE_BYTES else "blocks"
-        if which == "blocks":
-            size = 4 * vocab * vocab / 2**30
-            message = (
-                f"ekfac: the output head ({vocab} outputs) is not tracked, its covariance would take {size:.0f} GiB"
-            )
-            warnings.warn(message + "; set modules: all to track it anyway", stacklevel=2)
-    if which == "all":
+    if tracked_module_set(model, which, "ekfac") == "all":
         return None
     inside = {id(m) for m in decoder_blocks(model).modules()}
     names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and id(m) in inside]

@@ -26,7 +26,6 @@ above a 16,384-token vocabulary, whose S would be vocab x vocab).
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
@@ -41,14 +40,13 @@ from stride.core.batching import index_batches
 from stride.data import Batch
 from stride.errors import StrideError
 from stride.losses import sequence_losses
-from stride.models import decoder_blocks
+from stride.models import decoder_blocks, tracked_module_set
 from stride.store import Tensors
 from stride.tasks import Examples
 
 MODULE_SETS = ("auto", "all", "blocks")
 INITIALIZATIONS = ("pca", "random")
 HESSIANS = ("ekfac", "raw")
-HEAD_FACTOR_BYTES = 1 << 30  # "auto" tracks the output head while its vocab x vocab factor fits in this
 
 
 @dataclass
@@ -96,15 +94,8 @@ def layer_dims(module: nn.Module) -> tuple[int, int] | None:
 
 def tracked_layers(model: nn.Module, which: str) -> dict[str, nn.Module]:
     """The linear layers LoGra tracks: all, those of the decoder blocks, or "auto" (all unless the
-    output head's vocab x vocab factor would exceed HEAD_FACTOR_BYTES)."""
-    if which == "auto":
-        hf_model: Any = model  # a Hugging Face model: get_output_embeddings is not in nn.Module's stubs
-        head = hf_model.get_output_embeddings() if hasattr(hf_model, "get_output_embeddings") else None
-        vocab = layer_dims(head)[1] if head is not None and layer_dims(head) is not None else 0  # type: ignore[index]
-        which = "all" if 4 * vocab * vocab <= HEAD_FACTOR_BYTES else "blocks"
-        if which == "blocks":
-            warnings.warn(f"logra: the output head ({vocab} outputs) is not tracked; set modules: all to track it",
-                          stacklevel=2)  # fmt: skip
+    output head's vocab x vocab factor would not fit, `models.tracked_module_set`)."""
+    which = tracked_module_set(model, which, "logra")
     inside = {id(m) for m in decoder_blocks(model).modules()} if which == "blocks" else None
     layers = {name: m for name, m in model.named_modules()
               if layer_dims(m) is not None and (inside is None or id(m) in inside)}  # fmt: skip
