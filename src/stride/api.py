@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import platform
@@ -18,10 +19,12 @@ from stride import __version__
 from stride.attributor import MethodContext
 from stride.config import StrideConfig
 from stride.core.arrays import save_arrays
+from stride.core.device import method_placement
 from stride.core.digest import content_digest
 from stride.core.jsonio import write_json
 from stride.core.topk import TopScores
 from stride.data import TokenizedData, load_data, write_jsonl
+from stride.distributed import Shard, check_parts, current_shard, process_group, shard_device, together
 from stride.errors import StrideError
 from stride.models import context_length, load_causal_lm, model_digest, parameter_count, resolve_model_dir
 from stride.registry import available_methods, create_attributor
@@ -75,6 +78,8 @@ def attribute(
     method_settings: dict[str, Any] | None = None,
     reuse_from: str | Path | None = None,
     top_k: int | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
 ) -> AttributionResult:
     """Score every training example for every query and write the run folder.
 
@@ -86,7 +91,9 @@ def attribute(
     operators, a baseline's training-side features) are copied in first, so new queries cost
     only their own stages. `top_k`: write each query's k most and k least influential examples
     (`top_scores.safetensors`) and, for STRIDE, its sparse scores (`scores_sparse.safetensors`)
-    instead of the dense `scores.safetensors` (README: "Top-k output").
+    instead of the dense `scores.safetensors` (README: "Top-k output"). `device` ("auto", "cpu",
+    "cuda", "cuda:N") and `dtype` ("float32", "bfloat16", "float16") place the frozen model; STRIDE's
+    operators and recovery stay float32, and the other methods run on the CPU in float32.
     """
     started = time.perf_counter()
     config = config or StrideConfig()
@@ -94,23 +101,42 @@ def attribute(
     check_top_k(top_k)
     if method not in available_methods():
         raise StrideError(f"unknown method {method!r}; available: {', '.join(available_methods())}")
+    shard = current_shard()  # this process's share of a torchrun job (None: one process)
+    place, precision = method_placement(method, device, dtype)
+    if shard is not None:
+        place = shard_device(shard, place)
     n_threads = set_threads(threads)
     check_seed(seed)
     torch.manual_seed(seed)
     model_dir = resolve_model_dir(model_dir)  # a Hub id: its snapshot in the local cache
-    model, tokenizer = load_causal_lm(model_dir, trust_remote_code=trust_remote_code)
+    model, tokenizer = load_causal_lm(model_dir, trust_remote_code=trust_remote_code, dtype=precision)
+    model.to(place)
     max_length = resolve_max_length(config.max_length, model, tokenizer)
     train = load_data(train_path, tokenizer, max_length, name="training set")
     queries = load_data(queries_path, tokenizer, max_length, name="queries")
+    train.device = queries.device = place
     config.validate(len(train))
     digests = input_digests(model_dir, train_path, queries_path)
-    with RunStore(out_dir).locked() as store:
-        context = MethodContext(model, tokenizer, seed, store, digests["model"], progress, config,
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(_run_store(out_dir, shard))
+        context = MethodContext(model, tokenizer, seed, store, digests["model"], progress and shard is None, config,
                                 dict(method_settings or {}))  # fmt: skip
         attributor = create_attributor(method, context)  # validates the method's settings
-        store.claim({"method": method, "model": digests["model"], "train": digests["train"]}, overwrite)
-        if reuse_from is not None:
-            store.adopt_training_stages(reuse_from)
+        if shard is not None:
+            check_parts(shard, attributor.n_parts(), f"method {method}: {attributor.parts_description()}")
+            stack.enter_context(process_group(shard, place))
+
+        def claim() -> None:
+            if shard is None or shard.leader:
+                store.claim({"method": method, "model": digests["model"], "train": digests["train"]}, overwrite)
+                if reuse_from is not None:
+                    store.adopt_training_stages(reuse_from)
+
+        together(shard, claim, place)
+        if shard is not None:
+            together(shard, lambda: attributor.compute_shard(train, queries, shard), place)
+            if not shard.leader:
+                return AttributionResult(None, Path(out_dir), {"rank": shard.rank, "world_size": shard.world})
         attributor.prepare(train)
         output = attributor.score(queries) if top_k is None else attributor.score_top(queries, top_k)
         finite = output.all_finite() if isinstance(output, TopScores) else bool(torch.isfinite(output).all())
@@ -121,6 +147,9 @@ def attribute(
             "settings": attributor.settings(),
             "seed": seed,
             "threads": n_threads,
+            "processes": 1 if shard is None else shard.world,
+            "device": str(place),
+            "dtype": str(precision).removeprefix("torch."),
             "inputs": {  # absolute paths: `stride report` reopens them
                 "model": str(Path(model_dir).resolve()),
                 "train": str(Path(train_path).resolve()),
@@ -145,6 +174,13 @@ def attribute(
     if isinstance(output, TopScores):
         return AttributionResult(None, Path(out_dir), info, output)
     return AttributionResult(output, Path(out_dir), info)
+
+
+def _run_store(out_dir: str | Path, shard: Shard | None) -> contextlib.AbstractContextManager[RunStore]:
+    """The run folder, locked by this process, or by rank 0 when this process is another rank of a job."""
+    if shard is None or shard.leader:
+        return RunStore(out_dir).locked()
+    return contextlib.nullcontext(RunStore(out_dir))
 
 
 def check_top_k(top_k: int | None) -> None:

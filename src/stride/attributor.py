@@ -14,6 +14,7 @@ from torch import nn
 
 from stride.config import StrideConfig
 from stride.core.topk import TopScores, top_scores
+from stride.distributed import Shard
 from stride.store import RunStore, Stage, StageOutput, Tensors
 from stride.tasks import CausalLMTask, Examples, Task
 
@@ -67,6 +68,18 @@ class Attributor(ABC):
     @abstractmethod
     def score(self, queries: Examples) -> torch.Tensor:
         """The float32 score matrix [len(queries), n_train] of the prepared training set."""
+
+    def n_parts(self) -> int:
+        """Independent parts of the work that processes of a torchrun job can share (1: no sharding)."""
+        return 1
+
+    def parts_description(self) -> str:
+        """What the independent parts are, for messages."""
+        return "it does not shard" if self.n_parts() == 1 else f"{self.n_parts()} independent parts"
+
+    def compute_shard(self, train: Examples, queries: Examples, shard: Shard) -> None:
+        """This process's share of a sharded run (`stride.distributed`); only methods with n_parts() > 1."""
+        raise NotImplementedError(f"{self.name} does not shard over processes")
 
     def score_top(self, queries: Examples, k: int) -> TopScores:
         """Per query the k most and k least influential examples (`attribute(top_k=k)`). This default

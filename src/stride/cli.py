@@ -35,8 +35,10 @@ def _attribute(args: argparse.Namespace) -> None:
         args.model, args.train, args.queries, args.out, method=args.method, config=config, seed=args.seed,
         threads=args.threads, overwrite=args.overwrite, progress=not args.quiet,
         trust_remote_code=args.trust_remote_code, method_settings=method_settings, reuse_from=args.reuse_from,
-        top_k=args.top_k,
+        top_k=args.top_k, device=args.device, dtype=args.dtype,
     )  # fmt: skip
+    if "rank" in result.info:  # another rank of a torchrun job: rank 0 reports the run
+        return
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in result.info["timings_seconds"].items())
     if result.top is not None:
         rows, k = result.top.top_indices.shape
@@ -62,6 +64,7 @@ def _attribute_classifier(args: argparse.Namespace) -> None:
         model, train_x, train_y, query_x, query_y, out_dir=args.out, method=args.method, config=config,
         layer=args.layer, measurement=args.measurement, checkpoints=checkpoints, method_settings=method_settings,
         seed=args.seed, threads=args.threads, overwrite=args.overwrite, progress=not args.quiet,
+        device=args.device, dtype=args.dtype,
     )  # fmt: skip
     print(f"wrote {args.out}/scores.safetensors [{scores.shape[0]} x {scores.shape[1]}]")
 
@@ -201,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stride", description="Training data attribution (STRIDE).")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    def placement(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--device", default="auto",
+                         help="where the frozen model runs: auto (CUDA when present), cpu, cuda, cuda:N; "
+                              "stride only, other methods run on the CPU")  # fmt: skip
+        sub.add_argument("--dtype", default="float32", help="the frozen model's precision: float32, bfloat16, "
+                         "float16 (stride only; operators and recovery stay float32)")  # fmt: skip
+
     def command(name: str, handler: Callable[[argparse.Namespace], None], help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(handler=handler)
@@ -229,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--checkpoints", nargs="+", default=[],
                      help="further models of the same architecture and tokenizer (e.g. MODEL/ensemble/*): the "
                           "ensemble of trak, graddot and gradcos")  # fmt: skip
+    placement(sub)
 
     sub = command("attribute-classifier", _attribute_classifier,
                   "score every training example for every query of a torch.nn.Module classifier")  # fmt: skip
@@ -244,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--checkpoints", nargs="*", default=[], help="weights of further models: TRAK's ensemble")
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--overwrite", action="store_true", help="replace a run with other settings in --out")
+    placement(sub)
 
     sub = command("train-lm", _train_lm, "pre-train (or fine-tune with --base) a tiny causal LM")
     sub.add_argument("--train", required=True, help="JSONL or datasets folder")

@@ -47,6 +47,12 @@ class Batch:
         """The batch made of the given rows (repeats allowed), at the same width."""
         return Batch(self.input_ids[rows], self.attention_mask[rows], self.loss_mask[rows])
 
+    def to(self, device: torch.device) -> Batch:
+        """The batch on `device` (itself when it is there already)."""
+        if self.input_ids.device == device:
+            return self
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.loss_mask.to(device))
+
 
 def read_examples(path: str | Path) -> datasets.Dataset:
     """Load a JSONL file or a `datasets.save_to_disk` folder and check that its rows are usable."""
@@ -155,6 +161,7 @@ class TokenizedData:
         self.kind = data_kind(examples)
         self.max_length = max_length
         self.pad_id = _pad_id(tokenizer)
+        self.device = torch.device("cpu")  # where batch() puts its tensors (the model's device)
         self.tokens = examples.map(
             _Tokenize(tokenizer, max_length, self.kind),
             batched=True,
@@ -175,7 +182,7 @@ class TokenizedData:
         return len(self.tokens)
 
     def batch(self, indices: Sequence[int]) -> Batch:
-        """Right-padded tensors for the examples at `indices`."""
+        """Right-padded tensors for the examples at `indices`, on `self.device`."""
         rows = self.tokens.select_columns(["input_ids", "loss_mask"])[list(map(int, indices))]
         width = max(len(ids) for ids in rows["input_ids"])
         input_ids = torch.full((len(indices), width), self.pad_id, dtype=torch.long)
@@ -185,7 +192,7 @@ class TokenizedData:
             input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             attention[row, : len(ids)] = 1
             loss_mask[row, : len(ids)] = torch.tensor(mask, dtype=torch.bool)
-        return Batch(input_ids, attention, loss_mask)
+        return Batch(input_ids, attention, loss_mask).to(self.device)
 
     def display_text(self, index: int) -> str:
         """The example as a person reads it (prompt and completion joined)."""

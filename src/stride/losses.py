@@ -9,8 +9,12 @@ from stride.data import Batch
 
 
 def _targets(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits that predict each next token, those tokens, and the float mask of scored ones."""
-    return logits[:, :-1], batch.input_ids[:, 1:], batch.loss_mask[:, 1:].to(logits.dtype)
+    """Logits (in float32 at least) that predict each next token, those tokens, and the float mask of
+    scored ones."""
+    predicting = logits[:, :-1]
+    if predicting.dtype in (torch.bfloat16, torch.float16):
+        predicting = predicting.float()
+    return predicting, batch.input_ids[:, 1:], batch.loss_mask[:, 1:].to(predicting.dtype)
 
 
 def sequence_losses(logits: torch.Tensor, batch: Batch) -> torch.Tensor:

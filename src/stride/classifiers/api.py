@@ -17,6 +17,7 @@ from stride.classifiers.data import ClassifierData, check_labels, classifier_dat
 from stride.classifiers.task import ClassifierTask
 from stride.config import StrideConfig
 from stride.core.arrays import save_arrays
+from stride.core.device import method_placement
 from stride.core.digest import module_digest
 from stride.core.jsonio import write_json
 from stride.errors import StrideError
@@ -93,6 +94,8 @@ def attribute_classifier(
     threads: int | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    device: str = "auto",
+    dtype: str = "float32",
 ) -> torch.Tensor:
     """Scores [n_queries, n_train] (float32): positive = training on the example lowers the query's loss.
 
@@ -115,6 +118,8 @@ def attribute_classifier(
         threads: torch CPU threads (results differ by about 1e-6 between thread counts).
         overwrite: replace a run with other settings in `out_dir`.
         progress: show progress bars.
+        device, dtype: where and in which precision the frozen model runs ("auto"/"cpu"/"cuda"/"cuda:N";
+            "float32"/"bfloat16"/"float16"); STRIDE only, the other methods run on the CPU in float32.
     """
     from stride.api import check_seed, set_threads
 
@@ -124,14 +129,20 @@ def attribute_classifier(
     if checkpoints and method not in ENSEMBLE_METHODS:
         raise StrideError(f"checkpoints are used by {list(ENSEMBLE_METHODS)} only, not by {method!r}")
     task = ClassifierTask(measurement)
+    place, precision = method_placement(method, device, dtype)
     n_threads = set_threads(threads)
     check_seed(seed)
     torch.manual_seed(seed)
     model = _frozen(model)
+    model_digest = module_digest(model)  # of the model as given: ground truth names it so
+    if precision != torch.float32:
+        model = model.to(precision)
+    model = model.to(place)
     ensemble = [_frozen(other) for other in checkpoints]
-    dtype = next(model.parameters()).dtype
-    train = classifier_data(train_inputs, train_labels, "training set", dtype)
-    queries = classifier_data(query_inputs, query_labels, "queries", dtype)
+    model_dtype = next(model.parameters()).dtype
+    train = classifier_data(train_inputs, train_labels, "training set", model_dtype)
+    queries = classifier_data(query_inputs, query_labels, "queries", model_dtype)
+    train.device = queries.device = place
     n_classes = _n_classes(model, task, train)
     if _n_classes(model, task, queries) != n_classes:
         raise StrideError("the model returns another number of logits for the queries than for the training set")
@@ -142,7 +153,6 @@ def attribute_classifier(
     overrides: dict[str, Any] = {"layer": layer} if layer else {}
     config = dataclasses.replace(config, **overrides)
     config.validate(len(train) if method == "stride" else None)
-    model_digest = module_digest(model)
     with RunStore(out_dir).locked() as store:
         settings = _method_settings(method, method_settings, layer, measurement)
         context = MethodContext(model, None, seed, store, model_digest, progress, config, settings, task, ensemble)
@@ -156,6 +166,7 @@ def attribute_classifier(
         if out_dir is not None:
             info = {
                 "method": method, "settings": attributor.settings(), "seed": seed, "threads": n_threads,
+                "device": str(place), "dtype": str(precision).removeprefix("torch."),
                 "n_train": len(train), "n_queries": len(queries), "n_classes": n_classes, "digests": digests,
                 "n_checkpoints": len(ensemble), "model_parameters": sum(p.numel() for p in model.parameters()),
                 "timings_seconds": {**attributor.timings, "total": time.perf_counter() - started},

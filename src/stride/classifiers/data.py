@@ -28,6 +28,12 @@ class ClassifierBatch:
         """The batch made of the given rows (repeats allowed)."""
         return ClassifierBatch(self.inputs[rows], self.labels[rows])
 
+    def to(self, device: torch.device) -> ClassifierBatch:
+        """The batch on `device` (itself when it is there already)."""
+        if self.labels.device == device:
+            return self
+        return ClassifierBatch(self.inputs.to(device), self.labels.to(device))
+
 
 class ClassifierData:
     """A checked (inputs, labels) pair; `digest` names its content in the run store."""
@@ -37,13 +43,14 @@ class ClassifierData:
         self.labels = labels
         self.name = name
         self.digest = tensors_digest({"inputs": inputs, "labels": labels})
+        self.device = torch.device("cpu")  # where batch() puts its tensors (the model's device)
 
     def __len__(self) -> int:
         return self.labels.shape[0]
 
     def batch(self, indices: Sequence[int]) -> ClassifierBatch:
         rows = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-        return ClassifierBatch(self.inputs[rows], self.labels[rows])
+        return ClassifierBatch(self.inputs[rows], self.labels[rows]).to(self.device)
 
 
 def _stacked_pairs(dataset: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:

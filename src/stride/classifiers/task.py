@@ -39,18 +39,19 @@ class ClassifierTask(Task):
         return (batch.inputs,), {}
 
     def losses(self, outputs: torch.Tensor, batch: ClassifierBatch) -> torch.Tensor:
-        return F.cross_entropy(outputs, batch.labels, reduction="none")
+        return F.cross_entropy(outputs.float(), batch.labels, reduction="none")
 
     def measurement(self, outputs: torch.Tensor, batch: ClassifierBatch) -> torch.Tensor:
         if self.measure == "ce":
             return self.losses(outputs, batch)
-        is_label = torch.arange(outputs.shape[1]) == batch.labels[:, None]
+        outputs = outputs.float()
+        is_label = torch.arange(outputs.shape[1], device=outputs.device) == batch.labels[:, None]
         label_logit = (outputs * is_label).sum(1)
         return torch.logsumexp(outputs.masked_fill(is_label, float("-inf")), dim=1) - label_logit
 
     def divergence(self, base_outputs: torch.Tensor, outputs: torch.Tensor, batch: ClassifierBatch) -> torch.Tensor:
-        base_log = F.log_softmax(base_outputs, dim=1)
-        return (base_log.exp() * (base_log - F.log_softmax(outputs, dim=1))).sum(1)
+        base_log = F.log_softmax(base_outputs.float(), dim=1)
+        return (base_log.exp() * (base_log - F.log_softmax(outputs.float(), dim=1))).sum(1)
 
     def target_log_probs(self, outputs: torch.Tensor, batch: ClassifierBatch) -> tuple[torch.Tensor, torch.Tensor]:
         chosen = F.log_softmax(outputs.float(), dim=1).gather(1, batch.labels[:, None])

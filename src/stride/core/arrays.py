@@ -20,7 +20,8 @@ def save_arrays(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str
     for lack of room or permission raises OSError with its errno, which the CLI reports in one line."""
     partial = path.with_name(path.name + ".partial")
     try:
-        save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(partial), metadata=metadata)
+        on_cpu = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
+        save_file(on_cpu, str(partial), metadata=metadata)
     except SafetensorError as exc:
         partial.unlink(missing_ok=True)
         failure = write_failure(exc, path)

@@ -18,8 +18,10 @@ from torch import nn
 
 from stride.attributor import Attributor, MethodContext
 from stride.config import StrideConfig
+from stride.core.device import model_device
 from stride.core.sparse_rows import SparseRows
 from stride.core.topk import TopScores, chunk_rows, top_scores
+from stride.distributed import Shard
 from stride.errors import StrideError
 from stride.method.first_order import restricted_gradients
 from stride.method.hybrid import cross_fitted_weight, mix
@@ -103,14 +105,18 @@ class StrideAttributor(Attributor):
     def _new_bank(self, train: Examples, seed: int) -> OperatorBank:
         config = self.config
         hidden_size, output_size = self.steered_.sizes(train.batch([0]))
-        return OperatorBank(config.form, config.n_subsets, hidden_size, config.rank, output_size, seed)
+        bank = OperatorBank(config.form, config.n_subsets, hidden_size, config.rank, output_size, seed)
+        return bank.to(model_device(self.model))  # drawn on the CPU (same on every device), trained on the model's
 
     def design_seed(self, design: int) -> int:
         """The seed of independent design `design` (design 0 uses the run's seed itself)."""
         return self.seed + DESIGN_SEED_STRIDE * design
 
     def _inputs(self, **more: str) -> dict[str, str]:
-        return {"model": self.model_digest, "train": self.train_digest_, **more}
+        """What a stage was computed from; a model run in another dtype than float32 is another input."""
+        dtype = next(self.model.parameters()).dtype
+        precision = {} if dtype == torch.float32 else {"model_dtype": str(dtype).removeprefix("torch.")}
+        return {"model": self.model_digest, "train": self.train_digest_, **precision, **more}
 
     def prepare(self, train: Examples) -> None:
         """Draw each design's membership and train (or load) its operators on `train`."""
@@ -118,9 +124,33 @@ class StrideAttributor(Attributor):
         self.train_digest_ = train.digest
         self.designs_ = [self._prepare_design(train, design) for design in range(self.config.designs)]
         if self._first_order_weight() != 0.0:
-            stage = Stage("first_order_train", self._first_order_args(), self._inputs())
-            stored, _ = self._stage(stage, lambda: self._first_order_features(train, query=False))
-            self.first_order_train_ = stored["features"]
+            self._prepare_first_order(train)
+
+    def n_parts(self) -> int:
+        """Independent parts a torchrun job can share out: the designs, and the first-order features
+        when the scores use them."""
+        return self.config.designs + (self._first_order_weight() != 0.0)
+
+    def parts_description(self) -> str:
+        first_order = " and the first-order features" if self._first_order_weight() != 0.0 else ""
+        return f"{self.config.designs} design(s){first_order}"
+
+    def compute_shard(self, train: Examples, queries: Examples, shard: Shard) -> None:
+        """This process's parts of a sharded run (`stride.distributed`): train and measure the designs
+        it owns, or make the first-order features; every stage lands in the shared run folder."""
+        self.config.validate(len(train))
+        self.train_digest_ = train.digest
+        for design in range(self.config.designs):
+            if shard.owns(design):
+                self._design_responses(self._prepare_design(train, design), queries)
+        if self._first_order_weight() != 0.0 and shard.owns(self.config.designs):
+            self._prepare_first_order(train)
+            self._first_order_query_features(queries)
+
+    def _prepare_first_order(self, train: Examples) -> None:
+        stage = Stage("first_order_train", self._first_order_args(), self._inputs())
+        stored, _ = self._stage(stage, lambda: self._first_order_features(train, query=False))
+        self.first_order_train_ = stored["features"]
 
     def _prepare_design(self, train: Examples, design: int) -> Design:
         config, seed = self.config, self.design_seed(design)

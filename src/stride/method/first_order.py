@@ -39,11 +39,12 @@ def restricted_gradients(steered: Steered, data: Examples, form: str, rank: int,
         bank = OperatorBank(form, len(indices), hidden_size, width, output_size, seed)  # one zero operator per row
         if rank == 0:
             bank.basis.data = torch.eye(hidden_size)
+        bank = bank.to(base.logits.device)
         bank.basis.requires_grad_(False)
-        rows = torch.arange(len(indices))
+        rows = torch.arange(len(indices), device=base.logits.device)
         outputs = steered.steered_logits(bank, base, batch, rows, rows)
         values = steered.task.measurement(outputs, batch) if query else steered.task.losses(outputs, batch)
         (gradient,) = torch.autograd.grad(values.sum(), bank.coefficients)
-        gradient = gradient.reshape(len(indices), -1).float()
+        gradient = gradient.reshape(len(indices), -1).float().cpu()
         features[indices] = projector.project({"operator": gradient}) if projector else gradient
     return features

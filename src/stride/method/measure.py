@@ -19,8 +19,8 @@ def query_responses(
     steered: Steered, bank: OperatorBank, queries: Examples, rows_per_pass: int = 256, progress: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Drops of the task's measurement [n_queries, K] under each operator of `bank`, and its base values
-    [n_queries]."""
-    n_subsets = bank.n_subsets
+    [n_queries], on the CPU (the passes run on the bank's and the model's device)."""
+    n_subsets, device = bank.n_subsets, bank.basis.device
     queries_per_pass = max(1, min(len(queries), rows_per_pass // min(n_subsets, rows_per_pass)))
     subsets_per_pass = max(1, rows_per_pass // queries_per_pass)
     responses = torch.empty(len(queries), n_subsets)
@@ -32,14 +32,15 @@ def query_responses(
         batch = queries.batch(indices)
         base = steered.base(batch)
         base_loss = steered.task.measurement(base.logits, batch)
-        base_losses[indices] = base_loss
+        base_losses[indices] = base_loss.cpu()
         n_batch = len(indices)
         for first in range(0, n_subsets, subsets_per_pass):
-            subset_ids = torch.arange(first, min(first + subsets_per_pass, n_subsets))
-            rows = torch.arange(n_batch).repeat_interleave(len(subset_ids))
+            subset_ids = torch.arange(first, min(first + subsets_per_pass, n_subsets), device=device)
+            rows = torch.arange(n_batch, device=device).repeat_interleave(len(subset_ids))
             logits = steered.steered_logits(bank, base, batch, rows, subset_ids.repeat(n_batch))
             steered_loss = steered.task.measurement(logits, batch.select(rows)).view(n_batch, len(subset_ids))
-            responses[start : start + n_batch, first : first + len(subset_ids)] = base_loss[:, None] - steered_loss
+            drops = base_loss[:, None] - steered_loss
+            responses[start : start + n_batch, first : first + len(subset_ids)] = drops.cpu()
             bar.update(1)
     bar.close()
     return responses, base_losses

@@ -34,7 +34,7 @@ class OperatorBank(nn.Module):
         """a_k (B h) for each row's operator k: hidden [N, T, d_model] -> [N, T, out_size] ([N, d] -> [N, out])."""
         if hidden.dim() == 2:
             return self.delta(hidden[:, None], subset_ids)[:, 0]
-        codes = hidden @ self.basis.T
+        codes = hidden.to(self.basis.dtype) @ self.basis.T  # a bfloat16 model hands over bfloat16 activations
         return torch.einsum("ntr,nor->nto", codes, self.coefficients[subset_ids])
 
     def operator_parameters(self) -> int:

@@ -102,7 +102,7 @@ class Steered(ABC):
         hidden = base.hidden[rows]
         if bank.form == LOGIT:
             return base.logits[rows] + bank.delta(hidden, subset_ids)
-        steered_hidden = hidden + bank.delta(hidden, subset_ids)
+        steered_hidden = (hidden + bank.delta(hidden, subset_ids)).to(hidden.dtype)  # the blocks' own dtype
         return self.logits_from_hidden(steered_hidden, batch.select(rows))
 
 
@@ -166,7 +166,7 @@ class SteeredModel(Steered):
 
         def steer(_module: nn.Module, _inputs: Any, output: Any) -> Any:
             hidden = _block_output(output)
-            return _with_block_output(output, hidden + bank.delta(hidden, subset_ids))
+            return _with_block_output(output, (hidden + bank.delta(hidden, subset_ids)).to(hidden.dtype))
 
         handle = self.blocks[self.layer].register_forward_hook(steer)
         try:
