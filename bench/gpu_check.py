@@ -30,16 +30,16 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from stride.api import attribute, groundtruth, lds  # noqa: E402
-from stride.config import StrideConfig  # noqa: E402
-from stride.core.device import resolve_device, resolve_dtype  # noqa: E402
-from stride.core.jsonio import write_json  # noqa: E402
-from stride.corpus import build_benchmark_corpus, read_fortunes  # noqa: E402
-from stride.data import load_data, write_jsonl  # noqa: E402
-from stride.lm_training import LMRecipe, train_lm, train_tokenizer  # noqa: E402
+from stride.api import attribute, groundtruth, lds
+from stride.config import StrideConfig
+from stride.core.device import resolve_device, resolve_dtype
+from stride.core.jsonio import write_json
+from stride.corpus import build_benchmark_corpus, read_fortunes
+from stride.data import load_data, write_jsonl
+from stride.lm_training import LMRecipe, train_lm, train_tokenizer
 
 QWEN2_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                  num_key_value_heads=2, vocab_size=151_936)  # fmt: skip
@@ -181,7 +181,9 @@ def main() -> int:
     print("configuration:", json.dumps(report["configuration"]))
     for part in args.parts:
         started = time.perf_counter()
-        report[part] = agreement(out, device, args.smoke, args.workers) if part == "agreement" else scale(out, device, args)
+        report[part] = (
+            agreement(out, device, args.smoke, args.workers) if part == "agreement" else scale(out, device, args)
+        )
         report[part]["wall_seconds"] = time.perf_counter() - started
         print(f"{part}:", json.dumps(report[part], indent=1))
         write_json(out / "gpu_check.json", report)

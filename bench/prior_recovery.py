@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import load_file
 
+from bench.regime_folders import ground_truth_folder
 from stride.core.jsonio import write_json
 from stride.core.ranks import standard_units
 from stride.core.sparse_rows import SparseRows
@@ -33,9 +34,6 @@ from stride.evaluation.lds import evaluate_lds
 from stride.method.hybrid import cross_fitted_weight, mix
 from stride.method.membership import membership_matrix
 from stride.method.recover import lasso_scores, standardize
-
-from bench.regime_folders import ground_truth_folder
-
 
 MIX_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -103,9 +101,8 @@ def regime_rows(root: Path, run_name: str, ekfac_name: str) -> dict[str, dict[st
     design_scores = [recovered(run, suffix) for suffix in ("", "_design1")]
     weight, criteria = cross_fitted_weight(design_scores, [d["responses"] for d in designs],
                                            [d["membership"] for d in designs], ekfac, MIX_GRID)  # fmt: skip
-    print(
-        f"  cross-fitted weight of ekfac: {weight} (criteria {json.dumps({k: round(v, 4) for k, v in criteria.items()})})"
-    )
+    rounded = {k: round(v, 4) for k, v in criteria.items()}
+    print(f"  cross-fitted weight of ekfac: {weight} (criteria {json.dumps(rounded)})")
     candidates[f"Lasso + ekfac, cross-fitted weight {weight}"] = mix(lasso, ekfac, weight)
     rows = {}
     for name, scores in candidates.items():
