@@ -1,0 +1,150 @@
+"""STRIDE at growing scale on this machine: training-set size, recovery at a million examples, and
+one process against a torchrun job. One JSON per part.
+
+- Part `n` (issue part b): a random GPT-2 (2 blocks, width 128; `bench.cost_vs_n`'s model and its
+  fortune sentences) attributed with `stride attribute` at each n of `--sizes`, one design: seconds
+  per stage and the command's peak resident memory (its own process, measured by a parent that
+  runs nothing else). Writes OUT/n.json.
+- Part `recovery` (part c): `bench.recovery_scale` at n = 1,000,000 (K = 1000, d = 20, 500
+  queries), its own process. Writes OUT/recovery.json (and its own results.json).
+- Part `processes` (part d): the default STRIDE run (2 designs and the first-order features) on
+  `--processes-n` examples as one process with 2 threads, then as `torchrun --nproc-per-node 2`
+  with 1 thread each. Wall seconds of each command, their ratio, and how far the scores differ
+  (thread counts change the order of sums only). Writes OUT/processes.json.
+
+Every command runs alone on the machine's cores; run nothing else meanwhile.
+
+    python -m bench.scale [--parts n recovery processes] [--sizes 1000 4000 16000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+from safetensors.torch import load_file
+
+from bench.cost_vs_n import N_QUERIES, build_model, fortune_sentences
+from stride.core.jsonio import write_json
+from stride.data import write_jsonl
+
+MEASURE = "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; " \
+          "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)"  # fmt: skip
+
+
+def measured(command: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
+    """Run `command` under a fresh parent that reports the peak RSS of its descendants; wall seconds and GiB."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", MEASURE, *command], env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    return {"wall_seconds": seconds, "peak_rss_gib": int(done.stdout.strip().splitlines()[-1]) / 2**20}
+
+
+def stride_command(model: Path, train: Path, queries: Path, out: Path, threads: int, config: Path | None) -> list[str]:
+    command = ["-m", "stride", "attribute", "--model", str(model), "--train", str(train), "--queries", str(queries),
+               "--out", str(out), "--threads", str(threads), "--overwrite", "--quiet"]  # fmt: skip
+    return command + (["--config", str(config)] if config else [])
+
+
+def prepare(out: Path, sizes: list[int]) -> tuple[Path, Path, dict[int, Path]]:
+    sentences = fortune_sentences(seed=0)
+    if max(sizes) + N_QUERIES > len(sentences):
+        raise SystemExit(f"only {len(sentences)} sentences: at most {len(sentences) - N_QUERIES} training examples")
+    queries = write_jsonl([{"text": t} for t in sentences[-N_QUERIES:]], out / "data" / "queries.jsonl")
+    model = build_model(sentences[: min(sizes)], out / "model")
+    trains = {n: write_jsonl([{"text": t} for t in sentences[:n]], out / "data" / f"train_{n}.jsonl") for n in sizes}
+    return model, queries, trains
+
+
+def part_n(out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    model, queries, trains = prepare(out, args.sizes)
+    config = out / "one_design.json"
+    config.write_text(json.dumps({"designs": 1}))
+    rows = []
+    for n, train in trains.items():
+        run = out / "runs" / f"n{n}"
+        command = stride_command(model, train, queries, run, args.threads, config)
+        row: dict[str, Any] = {"n_train": n, **measured([sys.executable, *command])}
+        info = json.loads((run / "info.json").read_text())
+        row["stage_seconds"] = info["timings_seconds"]
+        rows.append(row)
+        stages = {k: round(v, 1) for k, v in row["stage_seconds"].items()}
+        seconds, memory = row["wall_seconds"], row["peak_rss_gib"]
+        print(f"[n={n}] {seconds:.1f} s, peak RSS {memory:.2f} GiB, stages {json.dumps(stages)}", flush=True)
+        write_json(out / "n.json", {"configuration": vars(args), "rows": rows})
+    return {"rows": rows}
+
+
+def part_recovery(out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    folder = out / "recovery"
+    figures = measured([sys.executable, "-m", "bench.recovery_scale", "--n", "1000000", "--compare-n", "0",
+                        "--threads", str(args.threads), "--out", str(folder)])  # fmt: skip
+    result = {**figures, "recovery_scale": json.loads((folder / "results.json").read_text())}
+    write_json(out / "recovery.json", result)
+    return result
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def part_processes(out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    model, queries, trains = prepare(out, [args.processes_n])
+    train = trains[args.processes_n]
+    single, sharded = out / "runs" / "one_process", out / "runs" / "two_processes"
+    one = measured([sys.executable, *stride_command(model, train, queries, single, 2, None)])
+    print(f"one process, 2 threads: {one['wall_seconds']:.1f} s", flush=True)
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                "--master-port", str(_free_port())]  # fmt: skip
+    two = measured([*torchrun, *stride_command(model, train, queries, sharded, 1, None)], env)
+    print(f"torchrun, 2 processes x 1 thread: {two['wall_seconds']:.1f} s", flush=True)
+    a = load_file(str(single / "scores.safetensors"))["scores"].double()
+    b = load_file(str(sharded / "scores.safetensors"))["scores"].double()
+    result = {
+        "configuration": vars(args), "n_train": args.processes_n, "one_process": one, "two_processes": two,
+        "speedup": one["wall_seconds"] / two["wall_seconds"],
+        "max_relative_score_difference": float((a - b).abs().max() / a.abs().max()),
+        "stages_one_process": json.loads((single / "info.json").read_text())["timings_seconds"],
+    }  # fmt: skip
+    write_json(out / "processes.json", result)
+    return result
+
+
+PARTS = {"n": part_n, "recovery": part_recovery, "processes": part_processes}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/bench_scale")
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
+    parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 4000, 16000], help="training sizes of part n")
+    parser.add_argument("--processes-n", type=int, default=2000, help="training examples of part processes")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    print("configuration:", json.dumps({**vars(args), "torch": torch.__version__, "cpus": os.cpu_count()}))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for part in args.parts:
+        result = PARTS[part](out, args)
+        print(f"{part}:", json.dumps({k: v for k, v in result.items() if k != "configuration"}, indent=1)[:3000])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
