@@ -16,6 +16,11 @@ error of EK-FAC's layer-by-layer, Kronecker-factored approximation. G_B x takes 
 per-example gradient per batch example and serves every query at once. The training gradients are
 then streamed (exact, never stored), as exact `graddot` does. Sign convention as `ekfac`: positive =
 training on i lowers the query's loss.
+
+Where this differs from the paper: its authors form G_B x from Gauss-Newton-vector products over a
+mini-batch's tokens; here G_B is built from one sampled per-example gradient per example (the
+matrix kronfluence's EK-FAC approximates, and one gradient serves every query), which has rank
+|B| and so is noisier: the automatic step comes out small (docs/ablations.md §15).
 """
 
 from __future__ import annotations
@@ -49,9 +54,11 @@ class AstraSettings:
         iterations: preconditioned Neumann-series steps; 1 (with step size 1) is EK-FAC itself.
         step_size: the step of each iteration. The iteration converges when step_size x the largest
             eigenvalue of P^-1 (G + damping I) stays below 2; 1 is the plain preconditioned series,
-            which diverged on the tiny models here (largest eigenvalues 5 to 50: EK-FAC's blocks miss
-            the correlations between layers, and a batch's sampled Fisher is noisy). None: 1 / that
-            eigenvalue, found by 20 power iterations on the first batch.
+            which diverges here: that eigenvalue was 6-14 with exact whole-set products on a
+            3,240-parameter GPT-2 (EK-FAC's blocks miss the correlations between layers) and
+            600-2,800 with 64-example batches on the 0.1-0.5M-parameter benchmark models (a batch's
+            Fisher has rank 64). None: 1 / that eigenvalue, found by 20 power iterations on the
+            first batch.
         damping: the damping added to G (and to EK-FAC in the preconditioner). None: 0.1 x the mean
             EK-FAC eigenvalue over all tracked layers (kronfluence's heuristic, made global). The
             iterations need it: a stochastic G_B has rank |B|, and without damping its noise is
