@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from stride.api import attribute
-from stride.baselines.astra import AstraSettings, curvature_batches
+from stride.baselines.astra import AstraSettings, LayerGradients, curvature_batches
 from stride.baselines.ekfac import linear_copy
 from stride.corpus import read_fortunes
 from stride.data import load_data, write_jsonl
@@ -15,6 +15,7 @@ from stride.errors import StrideError
 from stride.lm_training import LMRecipe, train_lm
 from stride.losses import sequence_losses
 from stride.models import load_causal_lm
+from stride.tasks import CausalLMTask
 
 pytest.importorskip("kronfluence")
 
@@ -81,6 +82,28 @@ def test_astra_converges_to_the_exact_damped_fisher_influence(micro, tmp_path):
     converged = error(_astra(micro, tmp_path / "many", iterations=100, **settings))
     assert converged < 1e-3, converged
     assert ekfac_only > 10 * converged, (ekfac_only, converged)  # the iterations, not EK-FAC, did it
+
+
+def test_sampled_gradients_score_the_inputs_own_logits_against_drawn_targets(micro):
+    """The true Fisher's samples, as kronfluence draws them: the model reads the example's own tokens,
+    the loss compares its logits with targets drawn from them (no second pass over drawn tokens)."""
+    model, tokenizer = load_causal_lm(micro["model"])
+    with pytest.warns(UserWarning, match="truncated"):
+        train = load_data(micro["train"], tokenizer, CONTEXT)
+    model = linear_copy(model)
+    batch, task = train.batch([0, 1]), CausalLMTask()
+    gradients = LayerGradients(model, ["transformer.h.0.mlp.c_fc"], task)
+    got = gradients(batch, generator=torch.Generator().manual_seed(5))["transformer.h.0.mlp.c_fc"]
+    layer = model.get_submodule("transformer.h.0.mlp.c_fc")
+    layer.requires_grad_(True)
+    with torch.enable_grad():
+        logits = task.outputs(model, batch)
+        drawn = task.sample_targets(logits, batch, torch.Generator().manual_seed(5))
+        assert not torch.equal(drawn.input_ids, batch.input_ids)
+        for row in range(2):
+            weight, bias = torch.autograd.grad(task.losses(logits, drawn)[row], [layer.weight, layer.bias],
+                                               retain_graph=True)  # fmt: skip
+            torch.testing.assert_close(got[row], torch.cat([weight, bias[:, None]], 1), atol=1e-6, rtol=1e-4)
 
 
 def test_same_seed_same_scores_other_seed_other_batches(micro, tmp_path):
