@@ -30,7 +30,8 @@ Reported: AUROC, AUPRC and recall@k (k = the number of planted items) of the pla
 the clean ones, mean and 95% t-interval over plantings (with 4 positives per planting each is coarse);
 and per planted item its AUROC against the clean items of its planting (the share of clean items it
 outscores), pooled over plantings by kind and by repeat count (mean and t-interval over those items).
-Writes OUT/results.json.
+Writes OUT/results.json (OUT/results_TAG.json with `--tag _TAG`, which also names STRIDE's run folder
+`stride_TAG`, so `--methods stride --stride '{"n_subsets": 2000}' --tag _k2000` reuses the models).
 
     python -m bench.contamination [--quick] [--methods stride 13-gram ...]
 """
@@ -196,8 +197,9 @@ def detector_scores(method: str, args: argparse.Namespace, sizes: Sizes, folder:
     """One detector's score per benchmark item (higher = more likely leaked)."""
     if method in ATTRIBUTION:
         config = StrideConfig.from_dict(sizes.stride) if method == "stride" else StrideConfig()
-        result = contamination(model, train, data["benchmark"], folder / "runs" / method, method=method,
-                               config=config, threads=args.threads, progress=False)  # fmt: skip
+        run = folder / "runs" / (method + args.tag if method == "stride" else method)
+        result = contamination(model, train, data["benchmark"], run, method=method, config=config,
+                               threads=args.threads, progress=False)  # fmt: skip
         return result.leak_scores
     if method == "bm25":
         run = attribute(model, train, data["benchmark"], folder / "runs" / "bm25", method="bm25", progress=False)
@@ -294,11 +296,13 @@ def main() -> int:
     parser.add_argument("--regimes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--plantings", type=int, help="plantings (seeds; default 3, --quick 2)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--stride", type=json.loads, help='STRIDE settings as JSON (default {"designs": 1})')
+    parser.add_argument("--tag", default="", help="suffix of results.json and of STRIDE's run folder")
     args = parser.parse_args()
     if args.quick:
         args.out += "_quick"
     sizes = QUICK if args.quick else FULL
-    sizes = dataclasses.replace(sizes, plantings=args.plantings or sizes.plantings)
+    sizes = dataclasses.replace(sizes, plantings=args.plantings or sizes.plantings, stride=args.stride or sizes.stride)
     torch.set_num_threads(args.threads)
     config = {**vars(args), "sizes": dataclasses.asdict(sizes), "train_mix": TRAIN_MIX, "kinds": KINDS,
               "repeats": REPEATS, "ngrams": NGRAMS, "min_k": MIN_K, "base_recipe": dataclasses.asdict(BASE_RECIPE),
@@ -317,7 +321,7 @@ def main() -> int:
         table = summary(rows)
         rates = {r["planting"]: r["rates"] for r in rows}
         wall = time.perf_counter() - started
-        write_json(root / "results.json", {"configuration": config, "complete": seed + 1 == sizes.plantings,
+        write_json(root / f"results{args.tag}.json", {"configuration": config, "complete": seed + 1 == sizes.plantings,
                                            "word_counts": lengths, "planting_rates": rates, "summary": table,
                                            "rows": rows, "threads": torch.get_num_threads(),
                                            "wall_seconds": wall})  # fmt: skip
@@ -325,7 +329,7 @@ def main() -> int:
     row_rates = [r["planted_row_rate"] for r in rates.values()]
     print(f"\nplanted rows: {100 * min(row_rates):.2f}-{100 * max(row_rates):.2f}% of the training rows")
     print(f"benchmark wall time: {wall:.0f} s ({torch.get_num_threads()} threads)")
-    print(f"wrote {root / 'results.json'} (after every planting)")
+    print(f"wrote {root / f'results{args.tag}.json'} (after every planting)")
     return 0
 
 
