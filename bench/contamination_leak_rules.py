@@ -1,5 +1,6 @@
 """Which leak rule turns attribution scores into a contamination detector? Reads the score matrices
-that `bench.contamination` stored (OUT/plantingS/REGIME/runs/METHOD) and scores each rule:
+that `bench.contamination` stored (OUT/plantingS/REGIME/runs/METHOD, and the `stride_TAG` runs of its
+`--tag`) and scores each rule:
   item-z    the shipped rule (`stride.contamination`): each item's scores standardised robustly
             over the training set, the item's largest z;
   raw-max   the item's largest raw score;
@@ -43,9 +44,10 @@ def main() -> int:
     plantings = sorted(root.glob("planting*"))
     if not plantings:
         raise SystemExit(f"no planting folders under {root}: run python -m bench.contamination --out {root} first")
+    tagged = sorted({run.name for run in root.glob("planting*/*/runs/stride_*")})  # bench.contamination --tag
     table: list[dict[str, Any]] = []
     for regime in ("finetune", "scratch"):
-        for method in ATTRIBUTION:
+        for method in (*ATTRIBUTION, *tagged):
             runs = [p / regime / "runs" / method for p in plantings]
             runs = [run for run in runs if (run / "scores.safetensors").is_file()]  # finished runs only
             if not runs:
@@ -60,7 +62,7 @@ def main() -> int:
                 row = {"regime": regime, "method": method, "rule": rule, "plantings": len(cells)}
                 row |= {metric: summarise([c[metric] for c in cells]) for metric in METRICS}
                 table.append(row)
-                print(f"{regime:9}{method:9}{rule:9}" + "".join(
+                print(f"{regime:9}{method:16}{rule:9}" + "".join(
                     f"  {m} {row[m]['mean']:.3f} [{row[m]['ci_low']:.2f}, {row[m]['ci_high']:.2f}]" for m in METRICS
                 ), flush=True)  # fmt: skip
     write_json(root / "leak_rules.json", table)
