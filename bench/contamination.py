@@ -302,7 +302,9 @@ def main() -> int:
     if args.quick:
         args.out += "_quick"
     sizes = QUICK if args.quick else FULL
-    sizes = dataclasses.replace(sizes, plantings=args.plantings or sizes.plantings, stride=args.stride or sizes.stride)
+    sizes = dataclasses.replace(
+        sizes, plantings=args.plantings or sizes.plantings, stride=sizes.stride if args.stride is None else args.stride
+    )
     torch.set_num_threads(args.threads)
     config = {**vars(args), "sizes": dataclasses.asdict(sizes), "train_mix": TRAIN_MIX, "kinds": KINDS,
               "repeats": REPEATS, "ngrams": NGRAMS, "min_k": MIN_K, "base_recipe": dataclasses.asdict(BASE_RECIPE),
