@@ -14,7 +14,8 @@ and 8 times (copies at random positions; every copy the same text), as one of 3 
            (the, a, an, very, really, just, so, that, then, well, quite) removed.
 The kinds rotate with the seed (planting s gives repeat count number r the kind (r + s) mod 3), so 3
 plantings hold every kind x repeat cell once. The 15 planted rows are 1.48% of the 1,015 training rows
-(the 4 distinct items 0.39%); the exact rates are printed and stored per planting.
+(the 4 distinct items 0.39%; `--quick`, a smoke run, 6.98% of 215); the exact rates are printed and
+stored per planting.
 
 Per planting two models: `finetune` (the base fine-tuned on the contaminated set) and `scratch` (a
 smaller GPT-2 with its own tokenizer, trained from scratch on it). Detectors, per benchmark item:
