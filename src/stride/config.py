@@ -15,7 +15,7 @@ from typing import Any
 
 from stride.errors import StrideError
 
-FORMS = ("residual", "logit")
+FORMS = ("residual", "logit", "shared_logit")
 LAMBDA_RULES = ("cv", "fixed")
 LASSO_SOLVERS = ("auto", "batched", "scikit-learn")
 
@@ -25,11 +25,14 @@ class StrideConfig:
     """Every knob of STRIDE; the defaults are the ones documented in README.md.
 
     Attributes:
-        form: "residual" (h' = h + a_k B h at one decoder block) or "logit" (o' = o + (B h) a_k).
+        form: "residual" (h' = h + a_k B h at one decoder block), "logit" (o' = o + a_k B h, a_k
+            vocab x r) or "shared_logit" (o' = o + U a_k B h, a_k r' x r, U vocab x r' shared by all
+            operators: memory per operator independent of the vocabulary).
         layer: causal LMs: index of the steered decoder block (None: about 0.6 of the depth);
             classifiers: "NAME" (output of module NAME) or "NAME:input" (None: the input of the
             last nn.Linear, the penultimate representation).
         rank: rank r of the shared basis B.
+        output_rank: rank r' of the shared output basis U (shared_logit form only).
         n_subsets: number K of random training subsets (one operator each).
         subsets_per_example: number d of subsets every training example belongs to.
         designs: independent subset designs (each its own membership, basis and operators, from
@@ -63,6 +66,7 @@ class StrideConfig:
     form: str = "logit"
     layer: int | str | None = None
     rank: int = 16
+    output_rank: int = 32
     n_subsets: int = 1000
     subsets_per_example: int = 20
     designs: int = 2
@@ -102,8 +106,8 @@ class StrideConfig:
                 f"subsets_per_example (d) must be between 1 and n_subsets (K={self.n_subsets}), "
                 f"got {self.subsets_per_example}"
             )
-        positive = ("rank", "designs", "first_order_dim", "epochs", "batch_size", "measure_rows", "checkpoint_every",
-                    "cv_queries")  # fmt: skip
+        positive = ("rank", "output_rank", "designs", "first_order_dim", "epochs", "batch_size", "measure_rows",
+                    "checkpoint_every", "cv_queries")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise StrideError(f"{name} must be at least 1, got {getattr(self, name)}")

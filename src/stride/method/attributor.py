@@ -21,11 +21,11 @@ from stride.config import StrideConfig
 from stride.core.sparse_rows import SparseRows
 from stride.core.topk import TopScores, chunk_rows, top_scores
 from stride.errors import StrideError
-from stride.method.first_order import restricted_gradients
+from stride.method.first_order import first_order_family, restricted_gradients
 from stride.method.hybrid import cross_fitted_weight, mix
 from stride.method.measure import query_responses
 from stride.method.membership import example_subsets, membership_matrix, subset_sizes
-from stride.method.operators import LOGIT, OperatorBank
+from stride.method.operators import OperatorBank
 from stride.method.recover import (
     CV_LAMBDAS,
     CV_SPAN,
@@ -103,7 +103,8 @@ class StrideAttributor(Attributor):
     def _new_bank(self, train: Examples, seed: int) -> OperatorBank:
         config = self.config
         hidden_size, output_size = self.steered_.sizes(train.batch([0]))
-        return OperatorBank(config.form, config.n_subsets, hidden_size, config.rank, output_size, seed)
+        return OperatorBank(config.form, config.n_subsets, hidden_size, config.rank, output_size, seed,
+                            config.output_rank)  # fmt: skip
 
     def design_seed(self, design: int) -> int:
         """The seed of independent design `design` (design 0 uses the run's seed itself)."""
@@ -220,13 +221,15 @@ class StrideAttributor(Attributor):
 
     def _first_order_features(self, data: Examples, query: bool) -> StageOutput:
         config = self.config
-        features = restricted_gradients(self.steered_, data, LOGIT, FIRST_ORDER_RANK, self.seed, config.batch_size,
-                                        query=query, proj_dim=config.first_order_dim)  # fmt: skip
+        family, output_rank, proj_dim = first_order_family(config.form, FIRST_ORDER_RANK, config.first_order_dim)
+        features = restricted_gradients(self.steered_, data, family, FIRST_ORDER_RANK, self.seed, config.batch_size,
+                                        query=query, proj_dim=proj_dim, output_rank=output_rank)  # fmt: skip
         return {"features": features}, {}
 
     def _first_order_args(self) -> FirstOrderArguments:
+        family = first_order_family(self.config.form, FIRST_ORDER_RANK, self.config.first_order_dim)[0]
         return from_config(FirstOrderArguments, self.config, layer=self.layer, task=self.task.settings(),
-                           rank=FIRST_ORDER_RANK, seed=self.seed)  # fmt: skip
+                           rank=FIRST_ORDER_RANK, seed=self.seed, family=family)  # fmt: skip
 
     def _first_order_query_features(self, queries: Examples) -> torch.Tensor:
         """The queries' first-order features; <g(query), g(example)> with the training-side features

@@ -1,7 +1,11 @@
 """Steering operators: one shared low-rank basis B and one small matrix a_k per subset k.
 
-residual form:  h'_l = h_l + a_k (B h_l),   a_k in R^{d_model x r}   (upper blocks run on h'_l)
-logit form:     o'   = o + a_k (B h_l),     a_k in R^{vocab x r}   (classifiers: R^{classes x r})
+residual form:      h'_l = h_l + a_k (B h_l),     a_k in R^{d_model x r}   (upper blocks run on h'_l)
+logit form:         o'   = o + a_k (B h_l),       a_k in R^{vocab x r}     (classifiers: R^{classes x r})
+shared_logit form:  o'   = o + U (a_k (B h_l)),   a_k in R^{r' x r}, U in R^{vocab x r'} shared by all k
+
+The shared_logit form keeps each operator's numbers independent of the vocabulary: a bank of K
+operators holds K r' r + vocab r' + r d_model numbers instead of the logit form's K vocab r.
 """
 
 from __future__ import annotations
@@ -11,32 +15,73 @@ import math
 import torch
 from torch import nn
 
+from stride.config import FORMS
+from stride.errors import StrideError
+
 RESIDUAL = "residual"
 LOGIT = "logit"
+SHARED_LOGIT = "shared_logit"
+ADAM_COPIES = 3  # a trained parameter, Adam's two moment estimates
+
+
+def operator_width(form: str, hidden_size: int, vocab_size: int, output_rank: int = 0) -> int:
+    """Rows of one operator's matrix a_k: d_model (residual), vocab (logit) or r' (shared_logit)."""
+    if form not in FORMS:
+        raise StrideError(f"form must be one of {FORMS}, got {form!r}")
+    if form == SHARED_LOGIT and output_rank < 1:
+        raise StrideError(f"the shared_logit form needs output_rank (r') of at least 1, got {output_rank}")
+    return {RESIDUAL: hidden_size, LOGIT: vocab_size, SHARED_LOGIT: output_rank}[form]
+
+
+def bank_parameters(form: str, n_subsets: int, hidden_size: int, rank: int, vocab_size: int,
+                    output_rank: int = 0) -> int:  # fmt: skip
+    """Trainable numbers of a whole bank (operators, basis and, for shared_logit, the output basis U)."""
+    operators = n_subsets * operator_width(form, hidden_size, vocab_size, output_rank) * rank
+    shared_output = vocab_size * output_rank if form == SHARED_LOGIT else 0
+    return operators + rank * hidden_size + shared_output
+
+
+def training_bytes(parameters: int, bytes_per_number: int = 4) -> int:
+    """Memory of `parameters` trained float32 numbers with Adam (the numbers and two moments)."""
+    return parameters * ADAM_COPIES * bytes_per_number
 
 
 class OperatorBank(nn.Module):
-    """K steering operators sharing one linear basis; all start at zero (the base model)."""
+    """K steering operators sharing one linear basis; all start at zero (the base model).
 
-    def __init__(self, form: str, n_subsets: int, hidden_size: int, rank: int, vocab_size: int, seed: int):
+    The shared_logit form's output basis U starts as a random Gaussian matrix with columns of
+    expected squared norm vocab / r' (entries of variance 1 / r'), so the first gradients reach
+    every a_k (dL/da_k = U^T dL/do (B h)^T) and a unit step of a_k moves each logit by about one unit."""
+
+    def __init__(self, form: str, n_subsets: int, hidden_size: int, rank: int, vocab_size: int, seed: int,
+                 output_rank: int = 0):  # fmt: skip
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         self.form = form
+        out_size = operator_width(form, hidden_size, vocab_size, output_rank)
         self.basis = nn.Parameter(torch.randn(rank, hidden_size, generator=generator) / math.sqrt(hidden_size))
-        out_size = hidden_size if form == RESIDUAL else vocab_size
         self.coefficients = nn.Parameter(torch.zeros(n_subsets, out_size, rank))
+        self.output_basis: nn.Parameter | None = None
+        if form == SHARED_LOGIT:
+            drawn = torch.randn(vocab_size, output_rank, generator=generator) / math.sqrt(output_rank)
+            self.output_basis = nn.Parameter(drawn)
 
     @property
     def n_subsets(self) -> int:
         return self.coefficients.shape[0]
 
     def delta(self, hidden: torch.Tensor, subset_ids: torch.Tensor) -> torch.Tensor:
-        """a_k (B h) for each row's operator k: hidden [N, T, d_model] -> [N, T, out_size] ([N, d] -> [N, out])."""
+        """Each row's operator k applied to `hidden` [N, T, d_model] -> [N, T, out] ([N, d] -> [N, out]):
+        a_k (B h), or U a_k (B h) for the shared_logit form."""
         if hidden.dim() == 2:
             return self.delta(hidden[:, None], subset_ids)[:, 0]
-        codes = hidden @ self.basis.T
-        return torch.einsum("ntr,nor->nto", codes, self.coefficients[subset_ids])
+        steered = torch.einsum("ntr,nor->nto", self.codes(hidden), self.coefficients[subset_ids])
+        return steered if self.output_basis is None else steered @ self.output_basis.T
+
+    def codes(self, hidden: torch.Tensor) -> torch.Tensor:
+        """B h: the representation in the shared basis [..., r]."""
+        return hidden @ self.basis.T
 
     def operator_parameters(self) -> int:
-        """Trainable numbers per operator (excluding the shared basis)."""
+        """Trainable numbers per operator (excluding the shared bases)."""
         return self.coefficients[0].numel()

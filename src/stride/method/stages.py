@@ -54,6 +54,7 @@ class OperatorArguments:
     task: dict[str, Any]
     form: str
     rank: int
+    output_rank: int
     epochs: int
     batch_size: int
     length_grouping: int
@@ -82,8 +83,10 @@ class RecoveryArguments:
 
 @dataclass(frozen=True)
 class FirstOrderArguments:
-    """The first-order features: gradients w.r.t. one zero logit-form operator, count-sketched."""
+    """The first-order features: gradients w.r.t. one zero operator of `family` (see
+    `first_order.first_order_family`)."""
 
+    family: str
     layer: Any
     task: dict[str, Any]
     rank: int

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from stride.data import Batch
-from stride.method.operators import LOGIT, RESIDUAL, OperatorBank
+from stride.method.operators import RESIDUAL, OperatorBank
 
 if TYPE_CHECKING:
     from stride.tasks import Task
@@ -100,7 +100,7 @@ class Steered(ABC):
                        subset_ids: torch.Tensor) -> torch.Tensor:  # fmt: skip
         """Outputs of base-pass rows `rows`, each steered by operator `subset_ids[i]` of `bank`."""
         hidden = base.hidden[rows]
-        if bank.form == LOGIT:
+        if bank.form != RESIDUAL:  # the logit forms add to the outputs
             return base.logits[rows] + bank.delta(hidden, subset_ids)
         steered_hidden = hidden + bank.delta(hidden, subset_ids)
         return self.logits_from_hidden(steered_hidden, batch.select(rows))
@@ -160,7 +160,7 @@ class SteeredModel(Steered):
     def attached(self, bank: OperatorBank, subset_ids: torch.Tensor) -> Iterator[None]:
         """Steer every full forward pass inside the block: row i by operator subset_ids[i] of `bank`.
 
-        Residual form only (the logit form acts after the model; use `steered_logits`)."""
+        Residual form only (the logit forms act after the model; use `steered_logits`)."""
         if bank.form != RESIDUAL:
             raise ValueError("attached() steers a decoder block; the logit form has none to steer")
 
