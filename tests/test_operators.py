@@ -1,12 +1,14 @@
 """The operator forms, the shared_logit form in particular: shapes, start at the base model,
 trainability, determinism and a bank memory that does not grow with the vocabulary."""
 
+import itertools
 import json
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import N_TRAIN
 from stride.api import attribute
 from stride.classifiers import attribute_classifier, classifier_config
 from stride.config import StrideConfig
@@ -25,8 +27,6 @@ from stride.method.steering import SteeredModel
 from stride.method.train import OperatorTrainer
 from stride.models import decoder_blocks, load_causal_lm
 from stride.tasks import CausalLMTask
-
-from conftest import N_TRAIN
 
 QWEN2_VOCAB, QWEN2_HIDDEN = 151_936, 896
 GIB = 2**30
@@ -114,7 +114,7 @@ def test_training_lowers_the_fidelity_loss_and_is_deterministic(lm):
         logs.append(OperatorTrainer(steered, bank, data, table, config, 0).train(progress=False))
         banks.append(bank)
     fidelity = logs[0].epoch_fidelity
-    assert all(later < earlier for earlier, later in zip(fidelity, fidelity[1:])), fidelity
+    assert all(later < earlier for earlier, later in itertools.pairwise(fidelity)), fidelity
     assert fidelity == logs[1].epoch_fidelity
     for name, value in banks[0].state_dict().items():
         assert torch.equal(value, banks[1].state_dict()[name]), name
