@@ -14,7 +14,9 @@ from stride.classifiers import attribute_classifier, classifier_config
 from stride.config import StrideConfig
 from stride.data import load_data
 from stride.errors import StrideError
+from stride.method.expansion import check_second_order, query_terms, second_order_responses
 from stride.method.first_order import first_order_family, restricted_gradients
+from stride.method.measure import query_responses
 from stride.method.membership import example_subsets
 from stride.method.operators import (
     SHARED_LOGIT,
@@ -168,3 +170,57 @@ def test_classifier_attribution_takes_the_shared_logit_form():
     config = classifier_config(40, epochs=2, form=SHARED_LOGIT, output_rank=2)
     scores = attribute_classifier(model, x, y, x[:3], y[:3], config=config)
     assert scores.shape == (3, 40) and torch.isfinite(scores).all() and scores.abs().sum() > 0
+
+
+def test_second_order_responses_converge_to_the_exact_ones(lm):
+    """Relative error shrinks about as the square of the operators' scale (third-order remainder),
+    and the quadratic term removes most of what a linear expansion misses."""
+    model, data, steered = lm
+    queries = _Subset(data, [0, 3, 4, 9, 11])
+    errors = []
+    for scale in (0.02, 0.005):
+        bank = OperatorBank(SHARED_LOGIT, 6, model.config.hidden_size, 4, model.config.vocab_size, 0, 5)
+        with torch.no_grad():
+            bank.coefficients.normal_(0, scale, generator=torch.Generator().manual_seed(1))
+        exact, exact_base = query_responses(steered, bank, queries, progress=False)
+        approximate, base = second_order_responses(steered, bank, queries, queries_per_pass=2, progress=False)
+        torch.testing.assert_close(base, exact_base)
+        errors.append(float((approximate - exact).abs().max() / exact.abs().max()))
+        linear_error = float((_first_order_responses(steered, bank, queries) - exact).abs().max() / exact.abs().max())
+        assert errors[-1] < 0.2 * linear_error, (scale, errors[-1], linear_error)
+    assert errors[0] < 0.03 and errors[1] < errors[0] / 4, errors
+
+
+@torch.no_grad()
+def _first_order_responses(steered, bank, queries):
+    batch = queries.batch(range(len(queries)))
+    base = steered.base(batch)
+    linear, _ = query_terms(bank, base.logits, base.hidden, batch)
+    return -(linear.reshape(len(queries), -1) @ bank.coefficients.detach().reshape(bank.n_subsets, -1).T)
+
+
+def test_second_order_measurement_is_refused_outside_shared_logit_causal_lms(lm):
+    _, _, steered = lm
+    with pytest.raises(StrideError, match="needs form 'shared_logit'"):
+        check_second_order(steered, OperatorBank("logit", 2, 16, 2, 10, 0))
+
+
+def test_second_order_measurement_through_the_pipeline_tracks_the_exact_one(gpt2_dir, corpus, tmp_path):
+    """Same seed, same operators; only the measurement differs (and the run records which)."""
+    settings = dict(form=SHARED_LOGIT, output_rank=8, n_subsets=48, subsets_per_example=6, rank=8, epochs=2,
+                    batch_size=16, learning_rate=3e-2, designs=1, cv_queries=4)  # fmt: skip
+    responses = {}
+    for expansion in ("exact", "second_order"):
+        config = StrideConfig(**settings, measure_expansion=expansion)
+        attribute(gpt2_dir, corpus["train"], corpus["queries"], tmp_path / expansion, config=config, seed=0,
+                  progress=False)  # fmt: skip
+        stages = tmp_path / expansion / "stages"
+        responses[expansion] = load_file(str(stages / "responses.safetensors"))["responses"]
+        record = json.loads((stages / "recovery.json").read_text())
+        assert record["arguments"]["responses"]["measure_expansion"] == expansion
+    exact, approximate = responses["exact"], responses["second_order"]
+    centred = [values - values.mean(1, keepdim=True) for values in (exact, approximate)]
+    correlation = (centred[0] * centred[1]).sum(1) / (centred[0].norm(dim=1) * centred[1].norm(dim=1))
+    assert correlation.min() > 0.9, correlation
+    with pytest.raises(StrideError, match="needs form 'shared_logit'"):
+        StrideConfig(measure_expansion="second_order").validate()

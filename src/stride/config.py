@@ -16,6 +16,7 @@ from typing import Any
 from stride.errors import StrideError
 
 FORMS = ("residual", "logit", "shared_logit")
+EXPANSIONS = ("exact", "second_order")
 LAMBDA_RULES = ("cv", "fixed")
 LASSO_SOLVERS = ("auto", "batched", "scikit-learn")
 
@@ -59,6 +60,10 @@ class StrideConfig:
             training sets), "scikit-learn" (per query: faster on small ones) or "auto" (batched from
             10,000 training examples).
         measure_rows: steered sequences per forward pass during measurement.
+        measure_expansion: "exact" (each operator's measurement from its steered logits) or
+            "second_order" (shared_logit form on causal LMs: the loss change expanded to second order
+            in the logit shift U a_k B h, from U's mean and covariance under the base softmax: no
+            softmax over the vocabulary per operator).
         max_length: token limit per example; None means the model's context length.
         checkpoint_every: training steps between two resumable checkpoints.
     """
@@ -87,6 +92,7 @@ class StrideConfig:
     cv_queries: int = 8
     lasso_solver: str = "auto"
     measure_rows: int = 256
+    measure_expansion: str = "exact"
     max_length: int | None = None
     checkpoint_every: int = 50
 
@@ -95,6 +101,10 @@ class StrideConfig:
         check_field_types(self, "STRIDE setting")
         if self.form not in FORMS:
             raise StrideError(f"form must be one of {FORMS}, got {self.form!r}")
+        if self.measure_expansion not in EXPANSIONS:
+            raise StrideError(f"measure_expansion must be one of {EXPANSIONS}, got {self.measure_expansion!r}")
+        if self.measure_expansion == "second_order" and self.form != "shared_logit":
+            raise StrideError(f"measure_expansion 'second_order' needs form 'shared_logit', got {self.form!r}")
         if self.lambda_rule not in LAMBDA_RULES:
             raise StrideError(f"lambda_rule must be one of {LAMBDA_RULES}, got {self.lambda_rule!r}")
         if self.lasso_solver not in LASSO_SOLVERS:

@@ -21,9 +21,9 @@ from stride.config import StrideConfig
 from stride.core.sparse_rows import SparseRows
 from stride.core.topk import TopScores, chunk_rows, top_scores
 from stride.errors import StrideError
+from stride.method.expansion import measured_responses
 from stride.method.first_order import first_order_family, restricted_gradients
 from stride.method.hybrid import cross_fitted_weight, mix
-from stride.method.measure import query_responses
 from stride.method.membership import example_subsets, membership_matrix, subset_sizes
 from stride.method.operators import OperatorBank
 from stride.method.recover import (
@@ -40,6 +40,7 @@ from stride.method.stages import (
     MembershipArguments,
     OperatorArguments,
     RecoveryArguments,
+    ResponseArguments,
     from_config,
 )
 from stride.method.train import OperatorTrainer
@@ -164,12 +165,17 @@ class StrideAttributor(Attributor):
             raise RuntimeError("call prepare() before scoring")
         return self.designs_
 
+    def _response_args(self, design: Design) -> ResponseArguments:
+        return ResponseArguments(design.operator_args, self.config.measure_expansion)
+
     def _design_responses(self, design: Design, queries: Examples) -> tuple[torch.Tensor, torch.Tensor]:
-        stage = Stage("responses" + design.suffix, design.operator_args, self._inputs(**{QUERY_INPUT: queries.digest}))
+        stage = Stage("responses" + design.suffix, self._response_args(design),
+                      self._inputs(**{QUERY_INPUT: queries.digest}))  # fmt: skip
 
         def measure() -> StageOutput:
-            bank = self.banks_[design.name]
-            responses, base = query_responses(self.steered_, bank, queries, self.config.measure_rows, self.progress)
+            bank, config = self.banks_[design.name], self.config
+            responses, base = measured_responses(self.steered_, bank, queries, config.measure_expansion,
+                                                 config.measure_rows, self.progress)  # fmt: skip
             if not torch.isfinite(responses).all() or not torch.isfinite(base).all():
                 raise StrideError("non-finite (NaN/inf) query losses: check the model and the queries")
             return {"responses": responses, "base_losses": base}, {"n_queries": len(queries)}
@@ -194,7 +200,7 @@ class StrideAttributor(Attributor):
         cross_validated = penalty is None
         solver = resolve_solver(config.lasso_solver, len(design.table))
         arguments = RecoveryArguments(
-            design.operator_args, config.lambda_rule, penalty, config.cv_queries if cross_validated else None,
+            self._response_args(design), config.lambda_rule, penalty, config.cv_queries if cross_validated else None,
             CV_LAMBDAS if cross_validated else None, CV_SPAN if cross_validated else None, SOLVERS[solver],
         )  # fmt: skip
 

@@ -68,11 +68,19 @@ class OperatorArguments:
 
 
 @dataclass(frozen=True)
-class RecoveryArguments:
-    """A design's Lasso: its operators, the lambda rule, either the penalty or the CV grid, and the
-    solver (its name and tolerances: scores from another solver are not reused)."""
+class ResponseArguments:
+    """A design's responses to the queries: its operators and how they are measured."""
 
     operators: OperatorArguments
+    measure_expansion: str
+
+
+@dataclass(frozen=True)
+class RecoveryArguments:
+    """A design's Lasso: its responses, the lambda rule, either the penalty or the CV grid, and the
+    solver (its name and tolerances: scores from another solver are not reused)."""
+
+    responses: ResponseArguments
     lambda_rule: str
     penalty: float | None
     cv_queries: int | None
