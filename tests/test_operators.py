@@ -22,6 +22,7 @@ from stride.method.operators import (
     SHARED_LOGIT,
     OperatorBank,
     bank_parameters,
+    head_output_basis,
     operator_width,
     training_bytes,
 )
@@ -224,3 +225,21 @@ def test_second_order_measurement_through_the_pipeline_tracks_the_exact_one(gpt2
     assert correlation.min() > 0.9, correlation
     with pytest.raises(StrideError, match="needs form 'shared_logit'"):
         StrideConfig(measure_expansion="second_order").validate()
+
+
+def test_head_initialised_output_basis_spans_the_heads_top_directions(lm):
+    model, _, steered = lm
+    head = steered.output_head()
+    assert head.shape == (model.config.vocab_size, model.config.hidden_size)
+    basis = head_output_basis(head, 8)
+    assert basis.shape == (model.config.vocab_size, 8)
+    torch.testing.assert_close(basis.norm() ** 2, torch.tensor(float(model.config.vocab_size)))
+    # its columns lie in the head's column space: projecting onto it changes nothing
+    projected = head @ torch.linalg.lstsq(head.detach(), basis).solution
+    torch.testing.assert_close(projected, basis, rtol=1e-3, atol=1e-3)
+    bank = OperatorBank(SHARED_LOGIT, 3, model.config.hidden_size, 4, model.config.vocab_size, 0, 8, basis)
+    assert torch.equal(bank.output_basis.data, basis) and bank.coefficients.abs().sum() == 0
+    with pytest.raises(StrideError, match="exceeds the output head"):
+        head_output_basis(head, model.config.hidden_size + 1)
+    with pytest.raises(StrideError, match="output_init"):
+        StrideConfig(output_init="svd").validate()

@@ -17,6 +17,7 @@ from stride.errors import StrideError
 
 FORMS = ("residual", "logit", "shared_logit")
 EXPANSIONS = ("exact", "second_order")
+OUTPUT_INITS = ("random", "head")
 LAMBDA_RULES = ("cv", "fixed")
 LASSO_SOLVERS = ("auto", "batched", "scikit-learn")
 
@@ -34,6 +35,8 @@ class StrideConfig:
             last nn.Linear, the penultimate representation).
         rank: rank r of the shared basis B.
         output_rank: rank r' of the shared output basis U (shared_logit form only).
+        output_init: how U starts: "random" (Gaussian) or "head" (causal LMs: the output head's top r'
+            principal directions, so that the operators first steer the final hidden state).
         n_subsets: number K of random training subsets (one operator each).
         subsets_per_example: number d of subsets every training example belongs to.
         designs: independent subset designs (each its own membership, basis and operators, from
@@ -72,6 +75,7 @@ class StrideConfig:
     layer: int | str | None = None
     rank: int = 16
     output_rank: int = 32
+    output_init: str = "random"
     n_subsets: int = 1000
     subsets_per_example: int = 20
     designs: int = 2
@@ -101,6 +105,8 @@ class StrideConfig:
         check_field_types(self, "STRIDE setting")
         if self.form not in FORMS:
             raise StrideError(f"form must be one of {FORMS}, got {self.form!r}")
+        if self.output_init not in OUTPUT_INITS:
+            raise StrideError(f"output_init must be one of {OUTPUT_INITS}, got {self.output_init!r}")
         if self.measure_expansion not in EXPANSIONS:
             raise StrideError(f"measure_expansion must be one of {EXPANSIONS}, got {self.measure_expansion!r}")
         if self.measure_expansion == "second_order" and self.form != "shared_logit":

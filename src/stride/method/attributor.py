@@ -25,7 +25,7 @@ from stride.method.expansion import measured_responses
 from stride.method.first_order import first_order_family, restricted_gradients
 from stride.method.hybrid import cross_fitted_weight, mix
 from stride.method.membership import example_subsets, membership_matrix, subset_sizes
-from stride.method.operators import OperatorBank
+from stride.method.operators import SHARED_LOGIT, OperatorBank, head_output_basis
 from stride.method.recover import (
     CV_LAMBDAS,
     CV_SPAN,
@@ -104,8 +104,11 @@ class StrideAttributor(Attributor):
     def _new_bank(self, train: Examples, seed: int) -> OperatorBank:
         config = self.config
         hidden_size, output_size = self.steered_.sizes(train.batch([0]))
+        initial = None
+        if config.form == SHARED_LOGIT and config.output_init == "head":
+            initial = head_output_basis(self.steered_.output_head(), config.output_rank)
         return OperatorBank(config.form, config.n_subsets, hidden_size, config.rank, output_size, seed,
-                            config.output_rank)  # fmt: skip
+                            config.output_rank, initial)  # fmt: skip
 
     def design_seed(self, design: int) -> int:
         """The seed of independent design `design` (design 0 uses the run's seed itself)."""

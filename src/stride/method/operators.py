@@ -46,15 +46,27 @@ def training_bytes(parameters: int, bytes_per_number: int = 4) -> int:
     return parameters * ADAM_COPIES * bytes_per_number
 
 
+def head_output_basis(head: torch.Tensor, output_rank: int) -> torch.Tensor:
+    """An initial U from the model's output head W [vocab, d_model]: W's top `output_rank` principal
+    directions, W V_r' (so U a_k B h steers the final hidden state within that subspace), scaled to
+    the squared norm vocab of the random initial U."""
+    if output_rank > min(head.shape):
+        raise StrideError(f"output_rank {output_rank} exceeds the output head's rank bound {min(head.shape)}")
+    _, _, right = torch.linalg.svd(head.detach().float(), full_matrices=False)
+    basis = head.detach().float() @ right[:output_rank].T
+    return basis * math.sqrt(head.shape[0]) / basis.norm()
+
+
 class OperatorBank(nn.Module):
     """K steering operators sharing one linear basis; all start at zero (the base model).
 
     The shared_logit form's output basis U starts as a random Gaussian matrix with columns of
     expected squared norm vocab / r' (entries of variance 1 / r'), so the first gradients reach
-    every a_k (dL/da_k = U^T dL/do (B h)^T) and a unit step of a_k moves each logit by about one unit."""
+    every a_k (dL/da_k = U^T dL/do (B h)^T) and a unit step of a_k moves each logit by about one unit;
+    `output_basis` replaces that draw (e.g. `head_output_basis`)."""
 
     def __init__(self, form: str, n_subsets: int, hidden_size: int, rank: int, vocab_size: int, seed: int,
-                 output_rank: int = 0):  # fmt: skip
+                 output_rank: int = 0, output_basis: torch.Tensor | None = None):  # fmt: skip
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         self.form = form
@@ -63,8 +75,11 @@ class OperatorBank(nn.Module):
         self.coefficients = nn.Parameter(torch.zeros(n_subsets, out_size, rank))
         self.output_basis: nn.Parameter | None = None
         if form == SHARED_LOGIT:
-            drawn = torch.randn(vocab_size, output_rank, generator=generator) / math.sqrt(output_rank)
-            self.output_basis = nn.Parameter(drawn)
+            if output_basis is None:
+                output_basis = torch.randn(vocab_size, output_rank, generator=generator) / math.sqrt(output_rank)
+            if output_basis.shape != (vocab_size, output_rank):
+                raise StrideError(f"output basis of shape {tuple(output_basis.shape)}, not {(vocab_size, output_rank)}")
+            self.output_basis = nn.Parameter(output_basis.clone())
 
     @property
     def n_subsets(self) -> int:

@@ -55,6 +55,7 @@ class OperatorArguments:
     form: str
     rank: int
     output_rank: int
+    output_init: str
     epochs: int
     batch_size: int
     length_grouping: int
