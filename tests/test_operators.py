@@ -19,6 +19,7 @@ from stride.method.first_order import first_order_family, restricted_gradients
 from stride.method.measure import query_responses
 from stride.method.membership import example_subsets
 from stride.method.operators import (
+    HASHED_LOGIT,
     SHARED_LOGIT,
     OperatorBank,
     bank_parameters,
@@ -125,8 +126,9 @@ def test_training_lowers_the_fidelity_loss_and_is_deterministic(lm):
 
 def test_first_order_features_of_the_shared_logit_family_are_vocabulary_free(lm):
     model, data, steered = lm
-    assert first_order_family("logit", 64, 4096) == ("logit", 0, 4096)
-    assert first_order_family(SHARED_LOGIT, 64, 4096) == (SHARED_LOGIT, 64, 0)
+    assert first_order_family("logit", 32, 64, 4096) == ("logit", 0, 4096)
+    assert first_order_family(SHARED_LOGIT, 32, 64, 4096) == (SHARED_LOGIT, 64, 0)
+    assert first_order_family(HASHED_LOGIT, 32, 64, 4096) == (HASHED_LOGIT, 32, 4096)
     subset = _Subset(data, [0, 1, 2, 5])
     features = restricted_gradients(steered, subset, SHARED_LOGIT, 4, 0, 2, output_rank=8)
     assert features.shape == (4, 8 * 4) and features.abs().sum() > 0
@@ -243,3 +245,20 @@ def test_head_initialised_output_basis_spans_the_heads_top_directions(lm):
         head_output_basis(head, model.config.hidden_size + 1)
     with pytest.raises(StrideError, match="output_init"):
         StrideConfig(output_init="svd").validate()
+
+
+def test_hashed_logit_moves_each_token_by_its_signed_bucket():
+    bank = OperatorBank(HASHED_LOGIT, 4, 16, 4, 50, 0, 7)
+    with torch.no_grad():
+        bank.coefficients.normal_()
+    hidden, ids = torch.randn(2, 3, 16), torch.tensor([1, 3])
+    delta = bank.delta(hidden, ids)
+    assert delta.shape == (2, 3, 50) and int(bank.buckets.max()) < 7 and set(bank.signs.tolist()) == {-1.0, 1.0}
+    buckets = torch.einsum("ntd,rd,nor->nto", hidden, bank.basis, bank.coefficients[ids])
+    torch.testing.assert_close(delta, buckets[..., bank.buckets] * bank.signs)
+    again = OperatorBank(HASHED_LOGIT, 4, 16, 4, 50, 0, 7)
+    assert torch.equal(again.buckets, bank.buckets) and torch.equal(again.signs, bank.signs)
+    assert set(bank.state_dict()) == {"basis", "coefficients"}  # S follows from the seed
+    assert bank_parameters(HASHED_LOGIT, 1000, QWEN2_HIDDEN, 16, QWEN2_VOCAB, output_rank=4096) < GIB / 12
+    zero = OperatorBank(HASHED_LOGIT, 4, 16, 4, 50, 0, 7)
+    assert zero.delta(hidden, ids).abs().sum() == 0

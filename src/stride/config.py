@@ -15,7 +15,7 @@ from typing import Any
 
 from stride.errors import StrideError
 
-FORMS = ("residual", "logit", "shared_logit")
+FORMS = ("residual", "logit", "shared_logit", "hashed_logit")
 EXPANSIONS = ("exact", "second_order")
 OUTPUT_INITS = ("random", "head")
 LAMBDA_RULES = ("cv", "fixed")
@@ -29,12 +29,15 @@ class StrideConfig:
     Attributes:
         form: "residual" (h' = h + a_k B h at one decoder block), "logit" (o' = o + a_k B h, a_k
             vocab x r) or "shared_logit" (o' = o + U a_k B h, a_k r' x r, U vocab x r' shared by all
-            operators: memory per operator independent of the vocabulary).
+            operators: memory per operator independent of the vocabulary) or "hashed_logit" (o' = o +
+            S a_k B h, a_k m x r with m = output_rank buckets, S a fixed random signed hashing of the
+            vocabulary into the buckets).
         layer: causal LMs: index of the steered decoder block (None: about 0.6 of the depth);
             classifiers: "NAME" (output of module NAME) or "NAME:input" (None: the input of the
             last nn.Linear, the penultimate representation).
         rank: rank r of the shared basis B.
-        output_rank: rank r' of the shared output basis U (shared_logit form only).
+        output_rank: rank r' of the shared output basis U (shared_logit form) or number m of buckets
+            (hashed_logit form).
         output_init: how U starts: "random" (Gaussian) or "head" (causal LMs: the output head's top r'
             principal directions, so that the operators first steer the final hidden state).
         n_subsets: number K of random training subsets (one operator each).

@@ -230,15 +230,19 @@ class StrideAttributor(Attributor):
 
     def _first_order_features(self, data: Examples, query: bool) -> StageOutput:
         config = self.config
-        family, output_rank, proj_dim = first_order_family(config.form, FIRST_ORDER_RANK, config.first_order_dim)
+        family, output_rank, proj_dim = first_order_family(config.form, config.output_rank, FIRST_ORDER_RANK,
+                                                           config.first_order_dim)  # fmt: skip
         features = restricted_gradients(self.steered_, data, family, FIRST_ORDER_RANK, self.seed, config.batch_size,
                                         query=query, proj_dim=proj_dim, output_rank=output_rank)  # fmt: skip
         return {"features": features}, {}
 
     def _first_order_args(self) -> FirstOrderArguments:
-        family = first_order_family(self.config.form, FIRST_ORDER_RANK, self.config.first_order_dim)[0]
-        return from_config(FirstOrderArguments, self.config, layer=self.layer, task=self.task.settings(),
-                           rank=FIRST_ORDER_RANK, seed=self.seed, family=family)  # fmt: skip
+        config = self.config
+        family, output_rank, _ = first_order_family(config.form, config.output_rank, FIRST_ORDER_RANK,
+                                                    config.first_order_dim)  # fmt: skip
+        return from_config(FirstOrderArguments, config, layer=self.layer, task=self.task.settings(),
+                           rank=FIRST_ORDER_RANK, seed=self.seed, family=family,
+                           family_output_rank=output_rank)  # fmt: skip
 
     def _first_order_query_features(self, queries: Examples) -> torch.Tensor:
         """The queries' first-order features; <g(query), g(example)> with the training-side features

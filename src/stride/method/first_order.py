@@ -19,7 +19,7 @@ import torch
 
 from stride.core.batching import index_batches
 from stride.core.sketch import GradientProjector
-from stride.method.operators import LOGIT, SHARED_LOGIT, OperatorBank, operator_width
+from stride.method.operators import HASHED_LOGIT, LOGIT, SHARED_LOGIT, OperatorBank, operator_width
 from stride.method.steering import Steered
 from stride.tasks import Examples
 
@@ -52,11 +52,14 @@ def restricted_gradients(steered: Steered, data: Examples, form: str, rank: int,
     return features
 
 
-def first_order_family(form: str, rank: int, proj_dim: int) -> tuple[str, int, int]:
-    """The family of STRIDE's first-order features for operators of `form`, as (form, output rank r',
-    count-sketch width): the logit family sketched to `proj_dim`, or for shared_logit operators the
-    shared_logit family whose r' x `rank` features are `proj_dim` wide without a sketch (so that no
-    [rows, vocab x rank] gradient is formed)."""
+def first_order_family(form: str, output_rank: int, rank: int, proj_dim: int) -> tuple[str, int, int]:
+    """The family of STRIDE's first-order features for operators of `form` (with their `output_rank`),
+    as (form, output rank, count-sketch width): the logit family sketched to `proj_dim`; for
+    shared_logit operators the shared_logit family whose r' x `rank` features are `proj_dim` wide
+    without a sketch; for hashed_logit operators their own family, sketched. The latter two never
+    form a [rows, vocab x rank] gradient."""
     if form == SHARED_LOGIT:
         return SHARED_LOGIT, max(1, proj_dim // rank), 0
+    if form == HASHED_LOGIT:
+        return HASHED_LOGIT, output_rank, proj_dim
     return LOGIT, 0, proj_dim

@@ -3,9 +3,13 @@
 residual form:      h'_l = h_l + a_k (B h_l),     a_k in R^{d_model x r}   (upper blocks run on h'_l)
 logit form:         o'   = o + a_k (B h_l),       a_k in R^{vocab x r}     (classifiers: R^{classes x r})
 shared_logit form:  o'   = o + U (a_k (B h_l)),   a_k in R^{r' x r}, U in R^{vocab x r'} shared by all k
+hashed_logit form:  o'   = o + S (a_k (B h_l)),   a_k in R^{m x r}, S in {0, +-1}^{vocab x m} fixed
 
-The shared_logit form keeps each operator's numbers independent of the vocabulary: a bank of K
-operators holds K r' r + vocab r' + r d_model numbers instead of the logit form's K vocab r.
+The shared_logit and hashed_logit forms keep each operator's numbers independent of the
+vocabulary: a bank of K operators holds K r' r + vocab r' + r d_model numbers (shared_logit) or
+K m r + r d_model (hashed_logit) instead of the logit form's K vocab r. S hashes every token v to
+one of m buckets b(v) with a sign s(v) (drawn from the seed; not trained): token v's logit moves by
+s(v) times its bucket's entry of a_k B h, so with m >= vocab no two tokens share a bucket.
 """
 
 from __future__ import annotations
@@ -21,21 +25,24 @@ from stride.errors import StrideError
 RESIDUAL = "residual"
 LOGIT = "logit"
 SHARED_LOGIT = "shared_logit"
+HASHED_LOGIT = "hashed_logit"
 ADAM_COPIES = 3  # a trained parameter, Adam's two moment estimates
 
 
 def operator_width(form: str, hidden_size: int, vocab_size: int, output_rank: int = 0) -> int:
-    """Rows of one operator's matrix a_k: d_model (residual), vocab (logit) or r' (shared_logit)."""
+    """Rows of one operator's matrix a_k: d_model (residual), vocab (logit), r' (shared_logit) or the
+    number of buckets m (hashed_logit, given as `output_rank`)."""
     if form not in FORMS:
         raise StrideError(f"form must be one of {FORMS}, got {form!r}")
-    if form == SHARED_LOGIT and output_rank < 1:
-        raise StrideError(f"the shared_logit form needs output_rank (r') of at least 1, got {output_rank}")
-    return {RESIDUAL: hidden_size, LOGIT: vocab_size, SHARED_LOGIT: output_rank}[form]
+    if form in (SHARED_LOGIT, HASHED_LOGIT) and output_rank < 1:
+        raise StrideError(f"the {form} form needs output_rank of at least 1, got {output_rank}")
+    return {RESIDUAL: hidden_size, LOGIT: vocab_size, SHARED_LOGIT: output_rank, HASHED_LOGIT: output_rank}[form]
 
 
 def bank_parameters(form: str, n_subsets: int, hidden_size: int, rank: int, vocab_size: int,
                     output_rank: int = 0) -> int:  # fmt: skip
-    """Trainable numbers of a whole bank (operators, basis and, for shared_logit, the output basis U)."""
+    """Trainable numbers of a whole bank (operators, basis and, for shared_logit, the output basis U;
+    hashed_logit's S is not trained)."""
     operators = n_subsets * operator_width(form, hidden_size, vocab_size, output_rank) * rank
     shared_output = vocab_size * output_rank if form == SHARED_LOGIT else 0
     return operators + rank * hidden_size + shared_output
@@ -80,6 +87,11 @@ class OperatorBank(nn.Module):
             if output_basis.shape != (vocab_size, output_rank):
                 raise StrideError(f"output basis of shape {tuple(output_basis.shape)}, not {(vocab_size, output_rank)}")
             self.output_basis = nn.Parameter(output_basis.clone())
+        self.buckets: torch.Tensor | None = None
+        self.signs: torch.Tensor | None = None
+        if form == HASHED_LOGIT:  # derived from the seed, so not stored with the trained numbers
+            self.register_buffer("buckets", torch.randint(0, output_rank, (vocab_size,), generator=generator), False)
+            self.register_buffer("signs", torch.randint(0, 2, (vocab_size,), generator=generator) * 2.0 - 1.0, False)
 
     @property
     def n_subsets(self) -> int:
@@ -87,11 +99,15 @@ class OperatorBank(nn.Module):
 
     def delta(self, hidden: torch.Tensor, subset_ids: torch.Tensor) -> torch.Tensor:
         """Each row's operator k applied to `hidden` [N, T, d_model] -> [N, T, out] ([N, d] -> [N, out]):
-        a_k (B h), or U a_k (B h) for the shared_logit form."""
+        a_k (B h), U a_k (B h) for the shared_logit form, S a_k (B h) for the hashed_logit form."""
         if hidden.dim() == 2:
             return self.delta(hidden[:, None], subset_ids)[:, 0]
         steered = torch.einsum("ntr,nor->nto", self.codes(hidden), self.coefficients[subset_ids])
-        return steered if self.output_basis is None else steered @ self.output_basis.T
+        if self.output_basis is not None:
+            return steered @ self.output_basis.T
+        if self.buckets is not None and self.signs is not None:
+            return steered[..., self.buckets] * self.signs
+        return steered
 
     def codes(self, hidden: torch.Tensor) -> torch.Tensor:
         """B h: the representation in the shared basis [..., r]."""

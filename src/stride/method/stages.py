@@ -96,6 +96,7 @@ class FirstOrderArguments:
     `first_order.first_order_family`)."""
 
     family: str
+    family_output_rank: int
     layer: Any
     task: dict[str, Any]
     rank: int
