@@ -15,6 +15,7 @@ s(v) times its bucket's entry of a_k B h, so with m >= vocab no two tokens share
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -87,11 +88,13 @@ class OperatorBank(nn.Module):
             if output_basis.shape != (vocab_size, output_rank):
                 raise StrideError(f"output basis of shape {tuple(output_basis.shape)}, not {(vocab_size, output_rank)}")
             self.output_basis = nn.Parameter(output_basis.clone())
-        self.buckets: torch.Tensor | None = None
-        self.signs: torch.Tensor | None = None
-        if form == HASHED_LOGIT:  # derived from the seed, so not stored with the trained numbers
-            self.register_buffer("buckets", torch.randint(0, output_rank, (vocab_size,), generator=generator), False)
-            self.register_buffer("signs", torch.randint(0, 2, (vocab_size,), generator=generator) * 2.0 - 1.0, False)
+        buckets = signs = None
+        if form == HASHED_LOGIT:
+            buckets = torch.randint(0, output_rank, (vocab_size,), generator=generator)
+            signs = torch.randint(0, 2, (vocab_size,), generator=generator) * 2.0 - 1.0
+        # derived from the seed, so not stored with the trained numbers
+        self.register_buffer("buckets", buckets, persistent=False)
+        self.register_buffer("signs", signs, persistent=False)
 
     @property
     def n_subsets(self) -> int:
@@ -105,8 +108,9 @@ class OperatorBank(nn.Module):
         steered = torch.einsum("ntr,nor->nto", self.codes(hidden), self.coefficients[subset_ids])
         if self.output_basis is not None:
             return steered @ self.output_basis.T
-        if self.buckets is not None and self.signs is not None:
-            return steered[..., self.buckets] * self.signs
+        if self.form == HASHED_LOGIT:
+            buckets, signs = cast(torch.Tensor, self.buckets), cast(torch.Tensor, self.signs)
+            return steered[..., buckets] * signs
         return steered
 
     def codes(self, hidden: torch.Tensor) -> torch.Tensor:
