@@ -245,6 +245,8 @@ def test_head_initialised_output_basis_spans_the_heads_top_directions(lm):
         head_output_basis(head, model.config.hidden_size + 1)
     with pytest.raises(StrideError, match="output_init"):
         StrideConfig(output_init="svd").validate()
+    with pytest.raises(StrideError, match="output_init 'head' needs form 'shared_logit'"):
+        StrideConfig(form=HASHED_LOGIT, output_init="head").validate()
 
 
 def test_hashed_logit_moves_each_token_by_its_signed_bucket():

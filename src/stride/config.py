@@ -110,6 +110,8 @@ class StrideConfig:
             raise StrideError(f"form must be one of {FORMS}, got {self.form!r}")
         if self.output_init not in OUTPUT_INITS:
             raise StrideError(f"output_init must be one of {OUTPUT_INITS}, got {self.output_init!r}")
+        if self.output_init == "head" and self.form != "shared_logit":
+            raise StrideError(f"output_init 'head' needs form 'shared_logit', got {self.form!r}")
         if self.measure_expansion not in EXPANSIONS:
             raise StrideError(f"measure_expansion must be one of {EXPANSIONS}, got {self.measure_expansion!r}")
         if self.measure_expansion == "second_order" and self.form != "shared_logit":
