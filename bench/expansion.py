@@ -14,7 +14,9 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -47,8 +49,13 @@ def compare(root: Path, regime: str, tag: str, threads: int) -> dict:
     if config.form != "shared_logit" or config.measure_expansion != "exact":
         raise SystemExit(f"{exact_run} is not an exact-measurement shared_logit run")
     approximate_run = root / "runs" / f"stride{tag}_second_order"
-    attribute(root / "model", data["train"], data["queries"], approximate_run, config=dataclasses.replace(
-        config, measure_expansion="second_order"), threads=threads, overwrite=True, reuse_from=exact_run)  # fmt: skip
+    with tempfile.TemporaryDirectory() as trained:  # the memberships and operators only (first-order: recomputed)
+        (Path(trained) / "stages").mkdir()
+        for path in (exact_run / "stages").iterdir():
+            if path.name.startswith(("membership", "operators")) and path.suffix in (".json", ".safetensors"):
+                shutil.copy2(path, Path(trained) / "stages" / path.name)
+        attribute(root / "model", data["train"], data["queries"], approximate_run, config=dataclasses.replace(
+            config, measure_expansion="second_order"), threads=threads, overwrite=True, reuse_from=trained)  # fmt: skip
     row: dict = {"regime": regime, "tag": tag}
     for suffix in ("", "_design1"):
         name = f"responses{suffix}.safetensors"
