@@ -8,8 +8,9 @@ hashed_logit form:  o'   = o + S (a_k (B h_l)),   a_k in R^{m x r}, S in {0, +-1
 The shared_logit and hashed_logit forms keep each operator's numbers independent of the
 vocabulary: a bank of K operators holds K r' r + vocab r' + r d_model numbers (shared_logit) or
 K m r + r d_model (hashed_logit) instead of the logit form's K vocab r. S hashes every token v to
-one of m buckets b(v) with a sign s(v) (drawn from the seed; not trained): token v's logit moves by
-s(v) times its bucket's entry of a_k B h, so with m >= vocab no two tokens share a bucket.
+one of m buckets b(v) with a sign s(v) (drawn independently per token from the seed; not trained):
+token v's logit moves by s(v) times its bucket's entry of a_k B h, so tokens sharing a bucket move
+together (about vocab / m per bucket; some collide even with m >= vocab).
 """
 
 from __future__ import annotations
