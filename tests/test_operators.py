@@ -152,16 +152,19 @@ class _Subset:
         return self.data.batch([self.indices[i] for i in indices])
 
 
-def test_hybrid_of_a_shared_logit_run_mixes_vocabulary_free_first_order_scores(gpt2_dir, corpus, tmp_path):
-    config = StrideConfig(form=SHARED_LOGIT, output_rank=8, n_subsets=48, subsets_per_example=6, rank=8, epochs=2,
+@pytest.mark.parametrize("form", [SHARED_LOGIT, HASHED_LOGIT])
+def test_hybrid_of_a_vocabulary_free_run_mixes_first_order_scores_of_its_family(form, gpt2_dir, corpus, tmp_path):
+    config = StrideConfig(form=form, output_rank=8, n_subsets=48, subsets_per_example=6, rank=8, epochs=2,
                           batch_size=16, learning_rate=3e-2, designs=2, cv_queries=4, first_order_weight=0.5,
                           first_order_dim=256)  # fmt: skip
     result = attribute(gpt2_dir, corpus["train"], corpus["queries"], tmp_path / "run", config=config, seed=0,
                        progress=False)  # fmt: skip
     stored = load_file(str(tmp_path / "run" / "stages" / "first_order_train.safetensors"))["features"]
-    assert stored.shape == (N_TRAIN, 256) and stored.abs().sum() > 0  # 64 x 4 gradients of the shared_logit family
+    # shared_logit: 4 x 64 gradients (r' = 256 / 64), unsketched; hashed_logit: 8 x 64, sketched to 256
+    assert stored.shape == (N_TRAIN, 256) and stored.abs().sum() > 0
     record = json.loads((tmp_path / "run" / "stages" / "first_order_train.json").read_text())
-    assert record["arguments"]["family"] == SHARED_LOGIT
+    assert record["arguments"]["family"] == form
+    assert record["arguments"]["family_output_rank"] == (4 if form == SHARED_LOGIT else 8)
     assert torch.isfinite(result.scores).all() and result.scores.abs().sum() > 0
 
 
