@@ -1,9 +1,9 @@
-"""Second-order against exact measurement of shared_logit operators, on the operators of a finished
+"""Second-order against exact measurement of shared_logit or hashed_logit operators, on the operators of a finished
 `bench.lds` run (the training stages are reused, so only the measurement and what follows differ).
 
 For each regime: the per-query Pearson and Spearman correlations of the two measurements' responses
 (mean over queries) and the LDS of each. Needs the `bench.lds` run folder RUNS/stride{TAG} made with
-form shared_logit and the default (exact) measurement.
+form shared_logit or hashed_logit and the default (exact) measurement.
 
     python -m bench.expansion --out /work/bench_runs/lds --tag _shared64head --regimes finetune
 """
@@ -46,8 +46,8 @@ def compare(root: Path, regime: str, tag: str, threads: int) -> dict:
     settings = json.loads((exact_run / "info.json").read_text())["settings"]
     fields = {field.name for field in dataclasses.fields(StrideConfig)}
     config = StrideConfig.from_dict({k: v for k, v in settings.items() if k in fields})
-    if config.form != "shared_logit" or config.measure_expansion != "exact":
-        raise SystemExit(f"{exact_run} is not an exact-measurement shared_logit run")
+    if config.form not in ("shared_logit", "hashed_logit") or config.measure_expansion != "exact":
+        raise SystemExit(f"{exact_run} is not an exact-measurement shared_logit or hashed_logit run")
     approximate_run = root / "runs" / f"stride{tag}_second_order"
     with tempfile.TemporaryDirectory() as trained:  # the memberships and operators only (first-order: recomputed)
         (Path(trained) / "stages").mkdir()

@@ -14,7 +14,7 @@ from stride.classifiers import attribute_classifier, classifier_config
 from stride.config import StrideConfig
 from stride.data import load_data
 from stride.errors import StrideError
-from stride.method.expansion import check_second_order, query_terms, second_order_responses
+from stride.method.expansion import check_second_order, second_order_responses
 from stride.method.first_order import first_order_family, restricted_gradients
 from stride.method.measure import query_responses
 from stride.method.membership import example_subsets
@@ -178,14 +178,15 @@ def test_classifier_attribution_takes_the_shared_logit_form():
     assert scores.shape == (3, 40) and torch.isfinite(scores).all() and scores.abs().sum() > 0
 
 
-def test_second_order_responses_converge_to_the_exact_ones(lm):
+@pytest.mark.parametrize("form", [SHARED_LOGIT, HASHED_LOGIT])
+def test_second_order_responses_converge_to_the_exact_ones(lm, form):
     """Relative error shrinks about as the square of the operators' scale (third-order remainder),
     and the quadratic term removes most of what a linear expansion misses."""
     model, data, steered = lm
     queries = _Subset(data, [0, 3, 4, 9, 11])
     errors = []
     for scale in (0.02, 0.005):
-        bank = OperatorBank(SHARED_LOGIT, 6, model.config.hidden_size, 4, model.config.vocab_size, 0, 5)
+        bank = OperatorBank(form, 6, model.config.hidden_size, 4, model.config.vocab_size, 0, 5)
         with torch.no_grad():
             bank.coefficients.normal_(0, scale, generator=torch.Generator().manual_seed(1))
         exact, exact_base = query_responses(steered, bank, queries, progress=False)
@@ -199,15 +200,21 @@ def test_second_order_responses_converge_to_the_exact_ones(lm):
 
 @torch.no_grad()
 def _first_order_responses(steered, bank, queries):
+    """The linear term alone: -dL/do . delta summed over scored tokens (autograd, any logit form)."""
     batch = queries.batch(range(len(queries)))
     base = steered.base(batch)
-    linear, _ = query_terms(bank, base.logits, base.hidden, batch)
-    return -(linear.reshape(len(queries), -1) @ bank.coefficients.detach().reshape(bank.n_subsets, -1).T)
+    logits = base.logits.clone().requires_grad_(True)
+    with torch.enable_grad():
+        (gradient,) = torch.autograd.grad(steered.task.measurement(logits, batch).sum(), logits)
+    rows = torch.arange(len(queries)).repeat_interleave(bank.n_subsets)
+    ids = torch.arange(bank.n_subsets).repeat(len(queries))
+    delta = bank.delta(base.hidden[rows], ids)
+    return -(gradient[rows] * delta).sum((1, 2)).view(len(queries), bank.n_subsets)
 
 
 def test_second_order_measurement_is_refused_outside_shared_logit_causal_lms(lm):
     _, _, steered = lm
-    with pytest.raises(StrideError, match="needs form 'shared_logit'"):
+    with pytest.raises(StrideError, match="needs form 'shared_logit' or 'hashed_logit'"):
         check_second_order(steered, OperatorBank("logit", 2, 16, 2, 10, 0))
 
 
@@ -228,7 +235,7 @@ def test_second_order_measurement_through_the_pipeline_tracks_the_exact_one(gpt2
     centred = [values - values.mean(1, keepdim=True) for values in (exact, approximate)]
     correlation = (centred[0] * centred[1]).sum(1) / (centred[0].norm(dim=1) * centred[1].norm(dim=1))
     assert correlation.min() > 0.9, correlation
-    with pytest.raises(StrideError, match="needs form 'shared_logit'"):
+    with pytest.raises(StrideError, match="needs form 'shared_logit' or 'hashed_logit'"):
         StrideConfig(measure_expansion="second_order").validate()
 
 

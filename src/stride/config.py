@@ -67,9 +67,9 @@ class StrideConfig:
             10,000 training examples).
         measure_rows: steered sequences per forward pass during measurement.
         measure_expansion: "exact" (each operator's measurement from its steered logits) or
-            "second_order" (shared_logit form on causal LMs: the loss change expanded to second order
-            in the logit shift U a_k B h, from U's mean and covariance under the base softmax: no
-            softmax over the vocabulary per operator).
+            "second_order" (shared_logit and hashed_logit forms on causal LMs: the loss change
+            expanded to second order in the logit shift U a_k B h, from U's mean and covariance under
+            the base softmax: no softmax over the vocabulary per operator).
         max_length: token limit per example; None means the model's context length.
         checkpoint_every: training steps between two resumable checkpoints.
     """
@@ -114,8 +114,10 @@ class StrideConfig:
             raise StrideError(f"output_init 'head' needs form 'shared_logit', got {self.form!r}")
         if self.measure_expansion not in EXPANSIONS:
             raise StrideError(f"measure_expansion must be one of {EXPANSIONS}, got {self.measure_expansion!r}")
-        if self.measure_expansion == "second_order" and self.form != "shared_logit":
-            raise StrideError(f"measure_expansion 'second_order' needs form 'shared_logit', got {self.form!r}")
+        if self.measure_expansion == "second_order" and self.form not in ("shared_logit", "hashed_logit"):
+            raise StrideError(
+                f"measure_expansion 'second_order' needs form 'shared_logit' or 'hashed_logit', got {self.form!r}"
+            )
         if self.lambda_rule not in LAMBDA_RULES:
             raise StrideError(f"lambda_rule must be one of {LAMBDA_RULES}, got {self.lambda_rule!r}")
         if self.lasso_solver not in LASSO_SOLVERS:

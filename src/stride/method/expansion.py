@@ -14,9 +14,18 @@ its response y_k = L_base - L_k is
 
 G and Q take one pass over the vocabulary per token (for mu and U^T diag(p) U), after which all
 K operators cost O(K (r' r)^2) per query, independent of the vocabulary and of the length.
+
+For hashed_logit operators U is the signed hashing S (m buckets), whose U^T diag(p) U is diagonal:
+the bucket masses q_b = sum of p_v over the bucket's tokens. So with mu = S^T p,
+
+    y_k ~ -sum_t w_t [(mu_t - s(y_t) e_b(y_t)) . z_kt + 1/2 sum_b q_tb z_ktb^2 - 1/2 (mu_t . z_kt)^2],
+
+which needs one pass over the vocabulary per token and O(K m r (T + r)) per query for all K.
 """
 
 from __future__ import annotations
+
+from typing import cast
 
 import torch
 from tqdm.auto import tqdm
@@ -24,7 +33,7 @@ from tqdm.auto import tqdm
 from stride.data import Batch
 from stride.errors import StrideError
 from stride.method.measure import query_responses
-from stride.method.operators import SHARED_LOGIT, OperatorBank
+from stride.method.operators import HASHED_LOGIT, SHARED_LOGIT, OperatorBank
 from stride.method.steering import Steered
 from stride.tasks import CausalLMTask, Examples
 
@@ -34,9 +43,12 @@ VOCAB_CHUNK = 8192  # vocabulary rows per step of U^T diag(p) U (bounds its [tok
 
 
 def check_second_order(steered: Steered, bank: OperatorBank) -> None:
-    """Raise StrideError unless the second-order measurement applies (shared_logit operators on a causal LM)."""
-    if bank.form != SHARED_LOGIT:
-        raise StrideError(f"measure_expansion 'second_order' needs form 'shared_logit', got {bank.form!r}")
+    """Raise StrideError unless the second-order measurement applies (shared_logit or hashed_logit
+    operators on a causal LM)."""
+    if bank.form not in (SHARED_LOGIT, HASHED_LOGIT):
+        raise StrideError(
+            f"measure_expansion 'second_order' needs form 'shared_logit' or 'hashed_logit', got {bank.form!r}"
+        )
     if not isinstance(steered.task, CausalLMTask):
         raise StrideError(
             "measure_expansion 'second_order' expands the causal-LM cross-entropy; use 'exact' for "
@@ -82,11 +94,39 @@ def query_terms(bank: OperatorBank, logits: torch.Tensor, hidden: torch.Tensor,
     return linear, quadratic.reshape(n, rank_out * rank, rank_out * rank)
 
 
+def hashed_responses(bank: OperatorBank, logits: torch.Tensor, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Second-order responses [n, K] of hashed_logit operators (see the module docstring) from the
+    base logits [n, T, vocab] and steered-place representation [n, T, d_model] of `batch`."""
+    buckets, signs = cast(torch.Tensor, bank.buckets), cast(torch.Tensor, bank.signs)
+    coefficients = bank.coefficients.float()  # [K, m, r]
+    n_buckets = coefficients.shape[1]
+    predicting, targets = logits[:, :-1].float(), batch.input_ids[:, 1:]
+    mask = batch.loss_mask[:, 1:].float()
+    weights = mask / mask.sum(1, keepdim=True).clamp_min(1.0)
+    probs = torch.softmax(predicting, dim=-1)
+    n, length, _ = probs.shape
+    mass = probs.new_zeros(n, length, n_buckets).index_add_(2, buckets, probs)  # q
+    mean = probs.new_zeros(n, length, n_buckets).index_add_(2, buckets, probs * signs)  # mu = S^T p
+    slope = mean.scatter_add(2, buckets[targets][..., None], -signs[targets][..., None])
+    codes = bank.codes(hidden[:, :-1].float())  # [n, T, r]
+    weighted = weights[..., None] * codes
+    linear = torch.einsum("kbr,nbr->nk", coefficients, slope.transpose(1, 2) @ weighted)
+    code_outer = (weighted[..., :, None] * codes[..., None, :]).reshape(n, length, -1)
+    rank = codes.shape[-1]
+    diagonal = (mass.transpose(1, 2) @ code_outer).view(n, n_buckets, rank, rank)
+    spread = torch.einsum("kbr,nbrs,kbs->nk", coefficients, diagonal, coefficients)
+    along_mean = torch.einsum("kbr,ntb->nktr", coefficients, mean)  # a_k^T mu_t
+    shift = torch.einsum("nktr,ntr->nkt", along_mean, codes)  # mu_t . z_kt
+    centre = torch.einsum("nt,nkt->nk", weights, shift.square())
+    return -(linear + 0.5 * spread - 0.5 * centre)
+
+
 @torch.no_grad()
 def second_order_responses(steered: Steered, bank: OperatorBank, queries: Examples, queries_per_pass: int = 8,
                            progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Approximate drops of the queries' measurement [n_queries, K] under each shared_logit operator
-    of `bank` (second order in the logit shift), and the exact base values [n_queries]."""
+    """Approximate drops of the queries' measurement [n_queries, K] under each shared_logit or
+    hashed_logit operator of `bank` (second order in the logit shift), and the exact base values
+    [n_queries]."""
     check_second_order(steered, bank)
     coefficients = bank.coefficients.float().reshape(bank.n_subsets, -1)
     responses = torch.empty(len(queries), bank.n_subsets)
@@ -97,6 +137,9 @@ def second_order_responses(steered: Steered, bank: OperatorBank, queries: Exampl
         batch = queries.batch(indices)
         base = steered.base(batch)
         base_losses[indices] = steered.task.measurement(base.logits, batch)
+        if bank.form == HASHED_LOGIT:
+            responses[indices] = hashed_responses(bank, base.logits, base.hidden, batch)
+            continue
         linear, quadratic = query_terms(bank, base.logits, base.hidden, batch)
         first = linear.reshape(len(indices), -1) @ coefficients.T
         second = torch.einsum("nkj,kj->nk", coefficients @ quadratic, coefficients)
