@@ -1,4 +1,5 @@
-"""Second-order measurement of shared_logit operators: no full-vocabulary softmax per operator.
+"""Second-order measurement of shared_logit and hashed_logit operators: no full-vocabulary softmax
+per operator.
 
 A shared_logit operator k moves the logits of token t by U z_kt with z_kt = a_k c_t, c_t = B h_t.
 Around the base logits o_t (softmax p_t, target y_t) the token loss changes by

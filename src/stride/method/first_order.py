@@ -3,14 +3,15 @@
 Make one operator of a family (form, steered place, rank, basis) infinitesimally small. Training
 it on a subset S moves it along -sum_{z in S} g(z), where g(z) = dL(z)/da at a = 0 is the gradient
 of example z's loss with respect to the operator's own numbers a (logit form: sum over tokens of
-dL/do_t (B h_t)^T; shared_logit form: U^T dL/do_t (B h_t)^T, a random projection of the logit
-form's; residual form: dL/dh'_t (B h_t)^T through the blocks above). Query q's loss
+dL/do_t (B h_t)^T; shared_logit / hashed_logit forms: U^T dL/do_t (B h_t)^T, a random projection
+(a signed bucketing) of the logit form's; residual form: dL/dh'_t (B h_t)^T through the blocks
+above). Query q's loss
 then changes by -eta <g(q), sum_{z in S} g(z)>, so <g(q), g(z)> is what STRIDE measures to first
 order, before finite steps, the subset design and the Lasso add their own errors.
 
 The `operator-grad` diagnostic scores with these dot products; STRIDE's hybrid mixes them (for the
-logit form with a rank-64 basis, count-sketched; for shared_logit operators, that family's own
-features, whose width does not grow with the vocabulary) into its Lasso scores.
+logit form with a rank-64 basis, count-sketched; for shared_logit and hashed_logit operators, their
+own family's features, whose width does not grow with the vocabulary) into its Lasso scores.
 """
 
 from __future__ import annotations
