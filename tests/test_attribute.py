@@ -23,7 +23,7 @@ def _run(model_dir, corpus, out, **overrides):
     return attribute(model_dir, corpus["train"], corpus["queries"], out, config=config, seed=0, progress=False)
 
 
-@pytest.mark.parametrize("form", ["residual", "logit"])
+@pytest.mark.parametrize("form", ["residual", "logit", "shared_logit", "hashed_logit"])
 def test_contract_files_and_exact_duplicates_rank_top5(form, gpt2_dir, corpus, tmp_path):
     result = _run(gpt2_dir, corpus, tmp_path / "run", form=form)
     scores = load_file(str(tmp_path / "run" / "scores.safetensors"))["scores"]

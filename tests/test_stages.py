@@ -148,7 +148,7 @@ def test_adopting_copies_training_stages_with_their_library_folders_but_no_query
 
 def test_every_stride_setting_is_claimed_by_a_stage_or_said_to_shape_none():
     claimed = {field.name for kind in (stride_stages.MembershipArguments, stride_stages.OperatorArguments,
-                                       stride_stages.RecoveryArguments, stride_stages.FirstOrderArguments)
+                                       stride_stages.ResponseArguments, stride_stages.RecoveryArguments, stride_stages.FirstOrderArguments)
                for field in dataclasses.fields(kind)}  # fmt: skip
     unclaimed = {field.name for field in dataclasses.fields(StrideConfig)} - claimed
     assert unclaimed == set(stride_stages.NO_STORED_STAGE), "a new StrideConfig field must join a stage's arguments"

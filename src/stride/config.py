@@ -15,7 +15,9 @@ from typing import Any
 
 from stride.errors import StrideError
 
-FORMS = ("residual", "logit")
+FORMS = ("residual", "logit", "shared_logit", "hashed_logit")
+EXPANSIONS = ("exact", "second_order")
+OUTPUT_INITS = ("random", "head")
 LAMBDA_RULES = ("cv", "fixed")
 LASSO_SOLVERS = ("auto", "batched", "scikit-learn")
 
@@ -25,11 +27,19 @@ class StrideConfig:
     """Every knob of STRIDE; the defaults are the ones documented in README.md.
 
     Attributes:
-        form: "residual" (h' = h + a_k B h at one decoder block) or "logit" (o' = o + (B h) a_k).
+        form: "residual" (h' = h + a_k B h at one decoder block), "logit" (o' = o + a_k B h, a_k
+            vocab x r) or "shared_logit" (o' = o + U a_k B h, a_k r' x r, U vocab x r' shared by all
+            operators: memory per operator independent of the vocabulary) or "hashed_logit" (o' = o +
+            S a_k B h, a_k m x r with m = output_rank buckets, S a fixed random signed hashing of the
+            vocabulary into the buckets).
         layer: causal LMs: index of the steered decoder block (None: about 0.6 of the depth);
             classifiers: "NAME" (output of module NAME) or "NAME:input" (None: the input of the
             last nn.Linear, the penultimate representation).
         rank: rank r of the shared basis B.
+        output_rank: rank r' of the shared output basis U (shared_logit form) or number m of buckets
+            (hashed_logit form).
+        output_init: how U starts: "random" (Gaussian) or "head" (causal LMs: the output head's top r'
+            principal directions, so that the operators first steer the final hidden state).
         n_subsets: number K of random training subsets (one operator each).
         subsets_per_example: number d of subsets every training example belongs to.
         designs: independent subset designs (each its own membership, basis and operators, from
@@ -56,6 +66,10 @@ class StrideConfig:
             training sets), "scikit-learn" (per query: faster on small ones) or "auto" (batched from
             10,000 training examples).
         measure_rows: steered sequences per forward pass during measurement.
+        measure_expansion: "exact" (each operator's measurement from its steered logits) or
+            "second_order" (shared_logit and hashed_logit forms on causal LMs: the loss change
+            expanded to second order in the logit shift U a_k B h, from U's mean and covariance under
+            the base softmax: no softmax over the vocabulary per operator).
         max_length: token limit per example; None means the model's context length.
         checkpoint_every: training steps between two resumable checkpoints.
     """
@@ -63,6 +77,8 @@ class StrideConfig:
     form: str = "logit"
     layer: int | str | None = None
     rank: int = 16
+    output_rank: int = 32
+    output_init: str = "random"
     n_subsets: int = 1000
     subsets_per_example: int = 20
     designs: int = 2
@@ -83,6 +99,7 @@ class StrideConfig:
     cv_queries: int = 8
     lasso_solver: str = "auto"
     measure_rows: int = 256
+    measure_expansion: str = "exact"
     max_length: int | None = None
     checkpoint_every: int = 50
 
@@ -91,6 +108,16 @@ class StrideConfig:
         check_field_types(self, "STRIDE setting")
         if self.form not in FORMS:
             raise StrideError(f"form must be one of {FORMS}, got {self.form!r}")
+        if self.output_init not in OUTPUT_INITS:
+            raise StrideError(f"output_init must be one of {OUTPUT_INITS}, got {self.output_init!r}")
+        if self.output_init == "head" and self.form != "shared_logit":
+            raise StrideError(f"output_init 'head' needs form 'shared_logit', got {self.form!r}")
+        if self.measure_expansion not in EXPANSIONS:
+            raise StrideError(f"measure_expansion must be one of {EXPANSIONS}, got {self.measure_expansion!r}")
+        if self.measure_expansion == "second_order" and self.form not in ("shared_logit", "hashed_logit"):
+            raise StrideError(
+                f"measure_expansion 'second_order' needs form 'shared_logit' or 'hashed_logit', got {self.form!r}"
+            )
         if self.lambda_rule not in LAMBDA_RULES:
             raise StrideError(f"lambda_rule must be one of {LAMBDA_RULES}, got {self.lambda_rule!r}")
         if self.lasso_solver not in LASSO_SOLVERS:
@@ -102,8 +129,8 @@ class StrideConfig:
                 f"subsets_per_example (d) must be between 1 and n_subsets (K={self.n_subsets}), "
                 f"got {self.subsets_per_example}"
             )
-        positive = ("rank", "designs", "first_order_dim", "epochs", "batch_size", "measure_rows", "checkpoint_every",
-                    "cv_queries")  # fmt: skip
+        positive = ("rank", "output_rank", "designs", "first_order_dim", "epochs", "batch_size", "measure_rows",
+                    "checkpoint_every", "cv_queries")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise StrideError(f"{name} must be at least 1, got {getattr(self, name)}")

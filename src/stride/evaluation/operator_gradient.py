@@ -31,10 +31,11 @@ class OperatorGradientSettings:
     """Settings of the `operator-grad` diagnostic.
 
     Attributes:
-        form: "logit" or "residual", as in StrideConfig.
+        form: "logit", "residual" or "shared_logit", as in StrideConfig.
         layers: the steered places (decoder block indices for causal LMs); empty: the task's
             default place, the one STRIDE steers by default.
         rank: rank r of the basis B; 0 means no basis (B = identity, the full width of the place).
+        output_rank: rank r' of the random output basis U (shared_logit form only).
         normalize: divide every feature vector by its norm first (cosine instead of dot product).
         batch_size: examples per backward pass.
     """
@@ -42,6 +43,7 @@ class OperatorGradientSettings:
     form: str = "logit"
     layers: list[int | str] = field(default_factory=list)
     rank: int = 16
+    output_rank: int = 32
     normalize: bool = False
     batch_size: int = 16
 
@@ -49,6 +51,8 @@ class OperatorGradientSettings:
         check_choice(self, "form", FORMS)
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 0:
             raise StrideError(f"rank must be 0 (no basis) or a positive integer, got {self.rank!r}")
+        if isinstance(self.output_rank, bool) or not isinstance(self.output_rank, int) or self.output_rank < 1:
+            raise StrideError(f"output_rank must be a positive integer, got {self.output_rank!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise StrideError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if not isinstance(self.layers, (list, tuple)):
@@ -73,7 +77,8 @@ class OperatorGradientAttributor(InnerProductAttributor):
 
     def _features(self, steered: Steered, data: Examples, query: bool) -> torch.Tensor:
         config = self.config
-        features = restricted_gradients(steered, data, config.form, config.rank, self.seed, config.batch_size, query)
+        features = restricted_gradients(steered, data, config.form, config.rank, self.seed, config.batch_size, query,
+                                        output_rank=config.output_rank)  # fmt: skip
         return torch.nn.functional.normalize(features, dim=1) if config.normalize else features
 
     def train_features(self, part: Part, train: Examples) -> Tensors:

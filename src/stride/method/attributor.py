@@ -24,11 +24,11 @@ from stride.core.sparse_rows import SparseRows
 from stride.core.topk import TopScores, chunk_rows, top_scores
 from stride.distributed import Shard
 from stride.errors import StrideError
-from stride.method.first_order import restricted_gradients
+from stride.method.expansion import measured_responses
+from stride.method.first_order import first_order_family, restricted_gradients
 from stride.method.hybrid import cross_fitted_weight, mix
-from stride.method.measure import query_responses
 from stride.method.membership import example_subsets, membership_matrix, subset_sizes
-from stride.method.operators import LOGIT, OperatorBank
+from stride.method.operators import SHARED_LOGIT, OperatorBank, head_output_basis
 from stride.method.recover import (
     CV_LAMBDAS,
     CV_SPAN,
@@ -43,6 +43,7 @@ from stride.method.stages import (
     MembershipArguments,
     OperatorArguments,
     RecoveryArguments,
+    ResponseArguments,
     from_config,
 )
 from stride.method.train import OperatorTrainer
@@ -108,7 +109,11 @@ class StrideAttributor(Attributor):
     def _new_bank(self, train: Examples, seed: int) -> OperatorBank:
         config = self.config
         hidden_size, output_size = self.steered_.sizes(train.batch([0]))
-        bank = OperatorBank(config.form, config.n_subsets, hidden_size, config.rank, output_size, seed)
+        initial = None
+        if config.form == SHARED_LOGIT and config.output_init == "head":
+            initial = head_output_basis(self.steered_.output_head(), config.output_rank)
+        bank = OperatorBank(config.form, config.n_subsets, hidden_size, config.rank, output_size, seed,
+                            config.output_rank, initial)  # fmt: skip
         return bank.to(model_device(self.model))  # drawn on the CPU (same on every device), trained on the model's
 
     def design_seed(self, design: int) -> int:
@@ -196,12 +201,17 @@ class StrideAttributor(Attributor):
             raise RuntimeError("call prepare() before scoring")
         return self.designs_
 
+    def _response_args(self, design: Design) -> ResponseArguments:
+        return ResponseArguments(design.operator_args, self.config.measure_expansion)
+
     def _design_responses(self, design: Design, queries: Examples) -> tuple[torch.Tensor, torch.Tensor]:
-        stage = Stage("responses" + design.suffix, design.operator_args, self._inputs(**{QUERY_INPUT: queries.digest}))
+        stage = Stage("responses" + design.suffix, self._response_args(design),
+                      self._inputs(**{QUERY_INPUT: queries.digest}))  # fmt: skip
 
         def measure() -> StageOutput:
-            bank = self.banks_[design.name]
-            responses, base = query_responses(self.steered_, bank, queries, self.config.measure_rows, self.progress)
+            bank, config = self.banks_[design.name], self.config
+            responses, base = measured_responses(self.steered_, bank, queries, config.measure_expansion,
+                                                 config.measure_rows, self.progress)  # fmt: skip
             if not torch.isfinite(responses).all() or not torch.isfinite(base).all():
                 raise StrideError("non-finite (NaN/inf) query losses: check the model and the queries")
             return {"responses": responses, "base_losses": base}, {"n_queries": len(queries)}
@@ -226,7 +236,7 @@ class StrideAttributor(Attributor):
         cross_validated = penalty is None
         solver = resolve_solver(config.lasso_solver, len(design.table))
         arguments = RecoveryArguments(
-            design.operator_args, config.lambda_rule, penalty, config.cv_queries if cross_validated else None,
+            self._response_args(design), config.lambda_rule, penalty, config.cv_queries if cross_validated else None,
             CV_LAMBDAS if cross_validated else None, CV_SPAN if cross_validated else None, SOLVERS[solver],
         )  # fmt: skip
 
@@ -264,13 +274,19 @@ class StrideAttributor(Attributor):
 
     def _first_order_features(self, data: Examples, query: bool) -> StageOutput:
         config = self.config
-        features = restricted_gradients(self.steered_, data, LOGIT, FIRST_ORDER_RANK, self.seed, config.batch_size,
-                                        query=query, proj_dim=config.first_order_dim)  # fmt: skip
+        family, output_rank, proj_dim = first_order_family(config.form, config.output_rank, FIRST_ORDER_RANK,
+                                                           config.first_order_dim)  # fmt: skip
+        features = restricted_gradients(self.steered_, data, family, FIRST_ORDER_RANK, self.seed, config.batch_size,
+                                        query=query, proj_dim=proj_dim, output_rank=output_rank)  # fmt: skip
         return {"features": features}, {}
 
     def _first_order_args(self) -> FirstOrderArguments:
-        return from_config(FirstOrderArguments, self.config, layer=self.layer, task=self.task.settings(),
-                           rank=FIRST_ORDER_RANK, seed=self.seed)  # fmt: skip
+        config = self.config
+        family, output_rank, _ = first_order_family(config.form, config.output_rank, FIRST_ORDER_RANK,
+                                                    config.first_order_dim)  # fmt: skip
+        return from_config(FirstOrderArguments, config, layer=self.layer, task=self.task.settings(),
+                           rank=FIRST_ORDER_RANK, seed=self.seed, family=family,
+                           family_output_rank=output_rank)  # fmt: skip
 
     def _first_order_query_features(self, queries: Examples) -> torch.Tensor:
         """The queries' first-order features; <g(query), g(example)> with the training-side features

@@ -54,6 +54,8 @@ class OperatorArguments:
     task: dict[str, Any]
     form: str
     rank: int
+    output_rank: int
+    output_init: str
     epochs: int
     batch_size: int
     length_grouping: int
@@ -67,11 +69,19 @@ class OperatorArguments:
 
 
 @dataclass(frozen=True)
-class RecoveryArguments:
-    """A design's Lasso: its operators, the lambda rule, either the penalty or the CV grid, and the
-    solver (its name and tolerances: scores from another solver are not reused)."""
+class ResponseArguments:
+    """A design's responses to the queries: its operators and how they are measured."""
 
     operators: OperatorArguments
+    measure_expansion: str
+
+
+@dataclass(frozen=True)
+class RecoveryArguments:
+    """A design's Lasso: its responses, the lambda rule, either the penalty or the CV grid, and the
+    solver (its name and tolerances: scores from another solver are not reused)."""
+
+    responses: ResponseArguments
     lambda_rule: str
     penalty: float | None
     cv_queries: int | None
@@ -82,8 +92,11 @@ class RecoveryArguments:
 
 @dataclass(frozen=True)
 class FirstOrderArguments:
-    """The first-order features: gradients w.r.t. one zero logit-form operator, count-sketched."""
+    """The first-order features: gradients w.r.t. one zero operator of `family` (see
+    `first_order.first_order_family`)."""
 
+    family: str
+    family_output_rank: int
     layer: Any
     task: dict[str, Any]
     rank: int

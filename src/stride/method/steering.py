@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from stride.data import Batch
-from stride.method.operators import LOGIT, RESIDUAL, OperatorBank
+from stride.errors import StrideError
+from stride.method.operators import RESIDUAL, OperatorBank
 
 if TYPE_CHECKING:
     from stride.tasks import Task
@@ -96,11 +97,15 @@ class Steered(ABC):
     def logits_from_hidden(self, hidden: torch.Tensor, batch: Any) -> torch.Tensor:
         """Outputs when the steered place holds `hidden` (rows aligned with `batch`)."""
 
+    def output_head(self) -> torch.Tensor:
+        """The weight [outputs, features] of the layer that maps the final representation to the outputs."""
+        raise StrideError(f"{type(self).__name__} has no output head to start operators from; use output_init 'random'")
+
     def steered_logits(self, bank: OperatorBank, base: BasePass, batch: Any, rows: torch.Tensor,
                        subset_ids: torch.Tensor) -> torch.Tensor:  # fmt: skip
         """Outputs of base-pass rows `rows`, each steered by operator `subset_ids[i]` of `bank`."""
         hidden = base.hidden[rows]
-        if bank.form == LOGIT:
+        if bank.form != RESIDUAL:  # the logit forms add to the outputs
             return base.logits[rows] + bank.delta(hidden, subset_ids)
         steered_hidden = (hidden + bank.delta(hidden, subset_ids)).to(hidden.dtype)  # the blocks' own dtype
         return self.logits_from_hidden(steered_hidden, batch.select(rows))
@@ -127,6 +132,10 @@ class SteeredModel(Steered):
         config = model.config
         hidden = config.hidden_size if hasattr(config, "hidden_size") else model.get_input_embeddings().embedding_dim
         return hidden, model.get_output_embeddings().out_features
+
+    def output_head(self) -> torch.Tensor:
+        model: Any = self.model  # a Hugging Face model (get_output_embeddings is not in nn.Module's stubs)
+        return model.get_output_embeddings().weight
 
     @torch.no_grad()
     def base(self, batch: Batch) -> BasePass:
@@ -160,7 +169,7 @@ class SteeredModel(Steered):
     def attached(self, bank: OperatorBank, subset_ids: torch.Tensor) -> Iterator[None]:
         """Steer every full forward pass inside the block: row i by operator subset_ids[i] of `bank`.
 
-        Residual form only (the logit form acts after the model; use `steered_logits`)."""
+        Residual form only (the logit forms act after the model; use `steered_logits`)."""
         if bank.form != RESIDUAL:
             raise ValueError("attached() steers a decoder block; the logit form has none to steer")
 
