@@ -188,6 +188,7 @@ def run_classifier_cell(cell: Cell, sizes: Sizes, args: argparse.Namespace, meth
     seeds = sizes.seeds + 1  # full-batch MLPs retrain in a blink: one more seed than the LM cells
     truth = root / f"groundtruth_m{sizes.subsets * 2}_s{seeds}.safetensors"
     if not truth.is_file():
+        truth.parent.mkdir(parents=True, exist_ok=True)
         subsets, losses = classifiers.groundtruth(data, recipe, sizes.subsets * 2, seeds, seed=2)
         save_arrays({"subsets": torch.as_tensor(subsets), "losses": torch.as_tensor(losses)}, truth)
     arrays = load_safetensors(truth)
@@ -213,6 +214,7 @@ def run_classifier_cell(cell: Cell, sizes: Sizes, args: argparse.Namespace, meth
         rows[method] = {"lds": report.mean, "ci_low": report.ci_low, "ci_high": report.ci_high,
                         "ceiling": report.ceiling, "ceiling_ci": [report.ceiling_ci_low, report.ceiling_ci_high],
                         "seconds": time.perf_counter() - started, "settings": settings}  # fmt: skip
+        out.parent.mkdir(parents=True, exist_ok=True)
         write_json(out, rows[method])
         print(f"[{cell.name}] {method}: LDS {report.mean:.3f} [{report.ci_low:.3f}, {report.ci_high:.3f}]", flush=True)
     return {"recipe": dataclasses.asdict(recipe), "n_subsets": sizes.subsets * 2, "n_seeds": seeds, "rows": rows}
