@@ -9,10 +9,18 @@ Regimes (ground truth: `stride groundtruth` retraining on random halves, alpha =
               seed noise is larger, see the ceiling).
   classifier  an MLP on a scikit-learn dataset, through bench/classifiers.py (its own retraining).
 
+Sizes (`FULL`; `--quick`: `QUICK`): 600 training examples, 60 queries, a base pre-trained on up to
+2,000 other entries of the corpus; 2-layer models of 0.3-0.4M parameters (d = 96, vocab 1024;
+scratch: d = 64, vocab 512); ground truth 32 halves x 2 seeds (scratch: x 4 seeds). The classifier
+cell (digits, split seed 2: bench/classifiers.py chose its settings on seed 1) uses 64 halves x 3
+seeds. TRAK gets an ensemble of --trak-ensemble models (other seeds), as in bench/lds.py.
+
 Corpora: bench/matrix_corpora.py (prose, documentation, code, dialogue, definitions). Each cell
 belongs to half "A" (where STRIDE's defaults may be chosen) or half "B" (confirmation only):
 compare a variant with `--method-settings FILE --tag _NAME --cells` of half A, then confirm it
-on half B. Never choose a default on one cell.
+on half B. Never choose a default on one cell. With a tag, only the methods that FILE sets run into
+tagged folders (`stride_NAME`); the others reuse their default-settings run folders, so the
+variant meets the same baselines in OUT/matrix_NAME.json.
 
 Everything is cached under --out and reused on a rerun: data, models (checked with
 `cached_model_matches`), TRAK's ensemble, ground truth, and the run folder of each method (its
@@ -38,6 +46,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from bench.lds import cached_model_matches
 from bench.matrix_corpora import build_splits
@@ -110,9 +119,9 @@ BASELINE_NAMES = ("ekfac", "logra", "graddot", "trak", "tfidf", "bm25", "gradcos
 def recipes(cell: Cell) -> tuple[LMRecipe, LMRecipe | None]:
     """The attributed model's recipe and its base's (None: trained from scratch)."""
     if cell.regime == "scratch":
-        return LMRecipe(architecture=cell.architecture, **SCRATCH_MODEL, **RECIPES["scratch"]), None  # type: ignore[arg-type]
+        return LMRecipe(architecture=cell.architecture, **SCRATCH_MODEL, **RECIPES["scratch"]), None
     model = dict(architecture=cell.architecture, **MODEL)
-    return LMRecipe(**model, **RECIPES[cell.regime]), LMRecipe(**model, **BASE)  # type: ignore[arg-type]
+    return LMRecipe(**model, **RECIPES[cell.regime]), LMRecipe(**model, **BASE)
 
 
 def train_cached(train: Path, folder: Path, recipe: LMRecipe, base: Path | None = None) -> Path:
@@ -122,12 +131,17 @@ def train_cached(train: Path, folder: Path, recipe: LMRecipe, base: Path | None 
     return folder
 
 
+def run_name(method: str, args: argparse.Namespace) -> str:
+    """A method's run folder: tagged when --method-settings sets it, else the default-settings one (reused)."""
+    return f"{method}{args.tag}" if method in args.method_settings else method
+
+
 def run_method(method: str, model: Path, data: dict[str, Path], root: Path, truth: Path,
                args: argparse.Namespace, default_settings: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     """One method's run folder (finished stages reused) and its LDS against the cell's ground truth."""
     settings = args.method_settings.get(method, default_settings.get(method, {}))
     config = StrideConfig.from_dict(settings) if method == "stride" else StrideConfig()
-    out = root / "runs" / f"{method}{args.tag}"
+    out = root / "runs" / run_name(method, args)
     try:
         result = attribute(model, data["train"], data["queries"], out, method=method, config=config,
                            threads=args.threads, method_settings=settings, overwrite=args.recompute,
@@ -191,14 +205,14 @@ def run_classifier_cell(cell: Cell, sizes: Sizes, args: argparse.Namespace, meth
         truth.parent.mkdir(parents=True, exist_ok=True)
         subsets, losses = classifiers.groundtruth(data, recipe, sizes.subsets * 2, seeds, seed=2)
         save_arrays({"subsets": torch.as_tensor(subsets), "losses": torch.as_tensor(losses)}, truth)
-    arrays = load_safetensors(truth)
+    arrays = load_file(str(truth))
     subsets, losses = arrays["subsets"].numpy(), arrays["losses"].numpy()
     ensemble = classifiers.train_mlps(data["x"], data["y"], torch.arange(len(data["y"])).repeat(args.trak_ensemble, 1),
                                       list(range(args.trak_ensemble)), recipe)  # fmt: skip
     models = [classifiers.as_module(ensemble, m) for m in range(args.trak_ensemble)]
     rows = {}
     for method in [m for m in methods if m in classifiers.METHODS]:
-        out = root / "runs" / f"{method}{args.tag}.json"
+        out = root / "runs" / f"{run_name(method, args)}.json"
         if out.is_file() and not args.recompute:
             rows[method] = json.loads(out.read_text())
             continue
@@ -218,12 +232,6 @@ def run_classifier_cell(cell: Cell, sizes: Sizes, args: argparse.Namespace, meth
         write_json(out, rows[method])
         print(f"[{cell.name}] {method}: LDS {report.mean:.3f} [{report.ci_low:.3f}, {report.ci_high:.3f}]", flush=True)
     return {"recipe": dataclasses.asdict(recipe), "n_subsets": sizes.subsets * 2, "n_seeds": seeds, "rows": rows}
-
-
-def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
 
 
 def stride_vs_best(cell_result: dict[str, Any]) -> dict[str, float] | None:
@@ -272,8 +280,8 @@ def table_lines(cells: dict[str, dict[str, Any]], markdown: bool) -> list[str]:
     return ["".join([f"{row[0]:<10}", *(f"{v:>{width + 1}}" for v in row[1:])]) for row in [header, *body]]
 
 
-def write_results(path: Path, cells: dict[str, dict[str, Any]], configuration: dict[str, Any]) -> None:
-    """Merge `cells` into matrix{TAG}.json, then rewrite it and the markdown table beside it."""
+def write_results(path: Path, cells: dict[str, dict[str, Any]], configuration: dict[str, Any]) -> dict[str, Any]:
+    """Merge `cells` into matrix{TAG}.json, rewrite it and the markdown table beside it; the merged cells."""
     merged = json.loads(path.read_text())["cells"] if path.is_file() else {}
     merged.update(cells)
     ordered = {c.name: merged[c.name] for c in CELLS if c.name in merged}
@@ -285,6 +293,7 @@ def write_results(path: Path, cells: dict[str, dict[str, Any]], configuration: d
     lines += [f"- half {h}: ratio {s['mean_ratio']:.3f}, difference {s['mean_difference']:+.3f} ({s['cells']} cells)"
               for h, s in summary.items()]  # fmt: skip
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return ordered
 
 
 def main() -> int:
@@ -296,7 +305,8 @@ def main() -> int:
     parser.add_argument("--cells", nargs="+", choices=list(CELLS_BY_NAME), help="default: all (--quick: three)")
     parser.add_argument("--methods", nargs="+", help=f"default: those of {', '.join(DEFAULT_METHODS)} available")
     parser.add_argument("--method-settings", help="JSON/YAML mapping method -> settings (stride: StrideConfig)")
-    parser.add_argument("--tag", default="", help="suffix of the run folders and of matrix.json (to compare settings)")
+    parser.add_argument("--tag", default="", help="suffix of matrix.json and of the run folders of the methods that "
+                                                  "--method-settings sets (to compare settings)")  # fmt: skip
     parser.add_argument("--recompute", action="store_true", help="replace the methods' run folders")
     parser.add_argument("--trak-ensemble", type=int, default=5, help="models in TRAK's ensemble (other seeds)")
     parser.add_argument("--workers", type=int, default=2, help="ground-truth processes")
@@ -317,17 +327,18 @@ def main() -> int:
     started = time.perf_counter()
     results_path = Path(args.out) / f"matrix{args.tag}.json"
     done: dict[str, dict[str, Any]] = {}
+    table = done
     for name in cell_names:
         cell = CELLS_BY_NAME[name]
         cell_started = time.perf_counter()
         run = run_classifier_cell if cell.regime == "classifier" else run_lm_cell
-        done[name] = {**dataclasses.asdict(cell), **run(cell, sizes, args, methods),
+        done[name] = {**dataclasses.asdict(cell), "sizes": dataclasses.asdict(sizes), **run(cell, sizes, args, methods),
                       "wall_seconds": time.perf_counter() - cell_started}  # fmt: skip
-        write_results(results_path, done, configuration)
+        table = write_results(results_path, done, configuration)
         print(f"[{name}] done in {done[name]['wall_seconds']:.0f} s; wrote {results_path}", flush=True)
-    print("\nLDS [95% CI] per cell (half A: defaults may be chosen there; half B: confirmation)")
-    print("\n".join(table_lines(done, markdown=False)))
-    for half, summary in half_summary(done).items():
+    print(f"\nLDS [95% CI] per cell of {results_path} (half A: defaults may be chosen there; B: confirmation)")
+    print("\n".join(table_lines(table, markdown=False)))
+    for half, summary in half_summary(table).items():
         print(f"STRIDE vs best baseline, half {half}: mean ratio {summary['mean_ratio']:.3f}, "
               f"mean difference {summary['mean_difference']:+.3f} over {summary['cells']} cells")  # fmt: skip
     print(f"matrix wall time: {time.perf_counter() - started:.0f} s ({torch.get_num_threads()} threads); "
