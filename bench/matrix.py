@@ -10,7 +10,7 @@ Regimes (ground truth: `stride groundtruth` retraining on random halves, alpha =
   classifier  an MLP on a scikit-learn dataset, through bench/classifiers.py (its own retraining).
 
 Sizes (`FULL`; `--quick`: `QUICK`): 600 training examples, 60 queries, a base pre-trained on up to
-2,000 other entries of the corpus; 2-layer models of 0.3-0.4M parameters (d = 96, vocab 1024;
+2,000 other entries of the corpus; 2-layer models of 0.32-0.39M parameters (d = 96, vocab 1024;
 scratch: d = 64, vocab 512); ground truth 32 halves x 2 seeds (scratch: x 4 seeds). The classifier
 cell (digits, split seed 2: bench/classifiers.py chose its settings on seed 1) uses 64 halves x 3
 seeds. TRAK gets an ensemble of --trak-ensemble models (other seeds), as in bench/lds.py.
@@ -102,7 +102,7 @@ QUICK_CELLS = ["gentle_fortune_llama", "sft_dialogue_qwen2", "classifier_digits_
 FULL = Sizes(n_train=600, n_queries=60, n_pretrain=2000, subsets=32, seeds=2, scratch_seeds=4)
 QUICK = Sizes(n_train=150, n_queries=16, n_pretrain=400, subsets=10, seeds=2, scratch_seeds=2)
 
-# 0.2-0.4M parameters (the fine-tuned cells), 0.1-0.2M (scratch: smaller, as in bench/lds.py)
+# 0.32-0.39M parameters (the fine-tuned cells), 0.1-0.2M (scratch: smaller, as in bench/lds.py)
 MODEL = dict(n_layers=2, hidden_size=96, n_heads=4, vocab_size=1024, context=128)
 SCRATCH_MODEL = dict(n_layers=2, hidden_size=64, n_heads=4, vocab_size=512, context=128)
 BASE = dict(epochs=3, learning_rate=3e-3, batch_size=32, seed=0)
