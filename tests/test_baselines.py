@@ -28,10 +28,10 @@ from conftest import N_QUERIES, N_TRAIN
 SMALL = {
     "tfidf": {}, "bm25": {}, "repsim": {},
     "graddot": {"proj_dim": 512}, "gradcos": {"proj_dim": 512},
-    "trak": {"proj_dim": 256}, "ekfac": {}, "logra": {"rank": 16},
+    "trak": {"proj_dim": 256}, "ekfac": {}, "logra": {"rank": 16}, "astra": {"iterations": 5},
 }  # fmt: skip
-LIBRARY = {"bm25": "bm25s", "trak": "trak", "ekfac": "kronfluence"}
-GRADIENT_METHODS = ("graddot", "gradcos", "trak", "ekfac", "logra")
+LIBRARY = {"bm25": "bm25s", "trak": "trak", "ekfac": "kronfluence", "astra": "kronfluence"}
+GRADIENT_METHODS = ("graddot", "gradcos", "trak", "ekfac", "logra", "astra")
 DUPLICATES = ((0, 3), (1, 40))
 
 

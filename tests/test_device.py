@@ -64,7 +64,9 @@ def test_cuda_asked_for_without_cuda_is_refused():
     assert resolve_device("auto") == torch.device("cpu")
 
 
-@pytest.mark.parametrize("name, message", [("tpu", "unknown device"), ("meta", "not supported"), ("gpu:0", "unknown device")])
+@pytest.mark.parametrize(
+    "name, message", [("tpu", "unknown device"), ("meta", "not supported"), ("gpu:0", "unknown device")]
+)
 def test_unknown_devices_are_refused(name, message):
     with pytest.raises(StrideError, match=message):
         resolve_device(name)

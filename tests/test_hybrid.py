@@ -66,3 +66,17 @@ def test_row_spearman_is_rank_correlation():
     a = np.array([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]])
     b = np.array([[10.0, 20.0, 30.0, 1000.0], [4.0, 3.0, 2.0, 1.0]])
     assert np.allclose(row_spearman(a, b), [1.0, -1.0])
+
+
+def test_auto_mix_is_off_when_first_order_features_would_not_fit_in_memory(gpt2_dir):
+    from stride.config import StrideConfig
+    from stride.method.attributor import FIRST_ORDER_MEMORY, StrideAttributor
+    from stride.models import load_causal_lm
+
+    model, _ = load_causal_lm(gpt2_dir)
+    attributor = StrideAttributor(model, StrideConfig(designs=2, first_order_dim=4096))
+    fits = FIRST_ORDER_MEMORY // (4 * 4096)
+    assert attributor.n_parts(fits) == 3  # two designs and the first-order features
+    with pytest.warns(UserWarning, match="first-order mix is off"):
+        assert attributor.n_parts(fits + 1) == 2
+    assert StrideAttributor(model, StrideConfig(designs=2, first_order_weight=0.3)).n_parts(10**7) == 3

@@ -18,14 +18,14 @@ SETTINGS = {
     "operator-grad": {"rank": 4},
     "tfidf": {}, "bm25": {}, "repsim": {},
     "graddot": {"proj_dim": 256, "exact_max_parameters": 0}, "gradcos": {"proj_dim": 256, "exact_max_parameters": 0},
-    "logra": {"rank": 8}, "trak": {"proj_dim": 128}, "ekfac": {},
+    "logra": {"rank": 8}, "trak": {"proj_dim": 128}, "ekfac": {}, "astra": {"iterations": 3},
 }  # fmt: skip
 STRIDE_SMALL = StrideConfig(n_subsets=48, subsets_per_example=6, rank=8, epochs=2, batch_size=16, learning_rate=3e-2,
                             designs=1, cv_queries=4)  # fmt: skip
-LIBRARY = {"bm25": "bm25s", "trak": "trak", "ekfac": "kronfluence"}
+LIBRARY = {"bm25": "bm25s", "trak": "trak", "ekfac": "kronfluence", "astra": "kronfluence"}
 TRAINING_STAGE = {"stride": "operators", "operator-grad": "train_features_0", "repsim": "train_features_0",
                   "graddot": "train_features_0", "gradcos": "train_features_0", "logra": "train_features_0",
-                  "trak": "trak_features", "ekfac": "ekfac_factors"}  # fmt: skip
+                  "trak": "trak_features", "ekfac": "ekfac_factors", "astra": "ekfac_factors"}  # fmt: skip
 
 
 def _run(method, model_dir, corpus, out, queries=None, **kwargs):
@@ -53,10 +53,12 @@ def test_reruns_load_every_stage_and_new_queries_reuse_the_training_side(method,
     assert query_stages and not any(reused.info["stages"][name]["reused"] for name in query_stages)
 
 
-@pytest.mark.parametrize("method", ["trak", pytest.param("ekfac", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("method", ["trak", pytest.param("ekfac", marks=pytest.mark.slow),
+                                    pytest.param("astra", marks=pytest.mark.slow)])  # fmt: skip
 def test_library_methods_killed_while_scoring_resume_from_their_stored_features(method, gpt2_dir, corpus, tmp_path,
                                                                                 monkeypatch):  # fmt: skip
     pytest.importorskip(LIBRARY[method])
+    from stride.baselines.astra import AstraAttributor
     from stride.baselines.ekfac import EkfacAttributor
     from stride.baselines.trak import TrakAttributor
 
@@ -65,7 +67,8 @@ def test_library_methods_killed_while_scoring_resume_from_their_stored_features(
     def killed(self, queries):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr({"trak": TrakAttributor, "ekfac": EkfacAttributor}[method], "_scores", killed)
+    attributors = {"trak": TrakAttributor, "ekfac": EkfacAttributor, "astra": AstraAttributor}
+    monkeypatch.setattr(attributors[method], "_scores", killed)
     with pytest.raises(KeyboardInterrupt):
         _run(method, gpt2_dir, corpus, tmp_path / "killed")
     monkeypatch.undo()

@@ -123,7 +123,8 @@ def attribute(
                                 dict(method_settings or {}))  # fmt: skip
         attributor = create_attributor(method, context)  # validates the method's settings
         if shard is not None:
-            check_parts(shard, attributor.n_parts(), f"method {method}: {attributor.parts_description()}")
+            parts = attributor.n_parts(len(train))
+            check_parts(shard, parts, f"method {method}: {attributor.parts_description(len(train))}")
             stack.enter_context(process_group(shard, place))
 
         def claim() -> None:

@@ -69,13 +69,14 @@ class Attributor(ABC):
     def score(self, queries: Examples) -> torch.Tensor:
         """The float32 score matrix [len(queries), n_train] of the prepared training set."""
 
-    def n_parts(self) -> int:
-        """Independent parts of the work that processes of a torchrun job can share (1: no sharding)."""
+    def n_parts(self, n_train: int) -> int:
+        """Independent parts of the work on `n_train` examples that processes of a torchrun job can
+        share (1: no sharding)."""
         return 1
 
-    def parts_description(self) -> str:
+    def parts_description(self, n_train: int) -> str:
         """What the independent parts are, for messages."""
-        return "it does not shard" if self.n_parts() == 1 else f"{self.n_parts()} independent parts"
+        return "it does not shard"
 
     def compute_shard(self, train: Examples, queries: Examples, shard: Shard) -> None:
         """This process's share of a sharded run (`stride.distributed`); only methods with n_parts() > 1."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -265,10 +266,13 @@ def load_data(path: str | Path, tokenizer: Any, max_length: int, name: str | Non
 
 
 def write_jsonl(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Write rows as JSON lines (UTF-8, one object per line)."""
+    """Write rows as JSON lines (UTF-8, one object per line). The file is replaced in one step, so a
+    process reading it meanwhile sees the old or the new content, never part of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    with partial.open("w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(partial, path)
     return path

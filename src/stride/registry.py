@@ -25,6 +25,7 @@ BUILTIN: dict[str, str] = {
     "logra": "stride.baselines.logra:create",
     "trak": "stride.baselines.trak:create",
     "ekfac": "stride.baselines.ekfac:create",
+    "astra": "stride.baselines.astra:create",
 }
 ADDED: dict[str, Factory] = {}
 

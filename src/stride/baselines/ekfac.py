@@ -41,6 +41,10 @@ from stride.tasks import Examples, batch_fields
 STRATEGIES = ("ekfac", "kfac", "diagonal", "identity")
 FACTORS = "factors"  # kronfluence's name of the fitted factors
 MODULE_SETS = ("auto", "all", "blocks")
+KRONFLUENCE_INSTALL = (
+    "pip install --no-deps kronfluence==1.0.1 and pip install einops einconv opt-einsum "
+    "accelerate (a plain install of kronfluence pulls a CUDA build of torch)"
+)
 
 
 @dataclass
@@ -152,9 +156,9 @@ class _Collate:
         return batch_fields(self.sets[tags.pop()].batch([index for _, index in items]))
 
 
-def _tracked_names(model: nn.Module, which: str) -> list[str] | None:
+def _tracked_names(model: nn.Module, which: str, method: str) -> list[str] | None:
     """kronfluence's tracked modules: None for all of them, else the decoder blocks' linear layers."""
-    if tracked_module_set(model, which, "ekfac") == "all":
+    if tracked_module_set(model, which, method) == "all":
         return None
     inside = {id(m) for m in decoder_blocks(model).modules()}
     names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and id(m) in inside]
@@ -181,7 +185,7 @@ class EkfacAttributor(BaselineAttributor):
         if self.analyzer_ is None:
             model = linear_copy(self.context.model)
             model.eval()
-            task = _task_class()(self.context.task, _tracked_names(model, self.config.modules), self.seed)
+            task = _task_class()(self.context.task, _tracked_names(model, self.config.modules, self.name), self.seed)
             with self._quiet(), _library_warnings_off():
                 model = prepare_model(model, task)
                 self.analyzer_ = Analyzer(analysis_name="ekfac", model=model, task=task, cpu=True,
@@ -244,10 +248,5 @@ def _library_warnings_off() -> Iterator[None]:
 
 
 def create(context: MethodContext) -> EkfacAttributor:
-    require_library(
-        "kronfluence",
-        "pip install --no-deps kronfluence==1.0.1 and pip install einops einconv opt-einsum "
-        "accelerate (a plain install of kronfluence pulls a CUDA build of torch)",
-        "ekfac",
-    )
+    require_library("kronfluence", KRONFLUENCE_INSTALL, "ekfac")
     return EkfacAttributor(context, parse_settings(EkfacSettings, context.settings, "ekfac"))

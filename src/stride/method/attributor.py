@@ -9,6 +9,7 @@ run killed while training operators resumes from its last checkpoint.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,7 @@ from stride.reproducibility import deterministic_algorithms
 from stride.store import QUERY_INPUT, RunStore, Stage, StageOutput
 from stride.tasks import CausalLMTask, Examples, Task
 
+FIRST_ORDER_MEMORY = 4 * 2**30  # bytes of training-side first-order features that "auto" accepts (n = 262k)
 FIRST_ORDER_RANK = 64  # basis rank of the first-order features (restricted-gradient LDS: 0.43 vs 0.44 at full width)
 DESIGN_SEED_STRIDE = 1_000_003  # seeds of the designs of one run: seed, seed + this, seed + 2 x this, ...
 
@@ -98,6 +100,7 @@ class StrideAttributor(Attributor):
         self.lambda_: float | None = None
         self.first_order_train_: torch.Tensor | None = None
         self.scores_se_: torch.Tensor | None = None
+        self._warned_first_order = False
 
     def settings(self) -> dict[str, Any]:
         return {**self.config.to_dict(), **self.steered_.settings(), **self.task.settings(), "seed": self.seed}
@@ -123,16 +126,16 @@ class StrideAttributor(Attributor):
         self.config.validate(len(train))
         self.train_digest_ = train.digest
         self.designs_ = [self._prepare_design(train, design) for design in range(self.config.designs)]
-        if self._first_order_weight() != 0.0:
+        if self._first_order_weight(len(train)) != 0.0:
             self._prepare_first_order(train)
 
-    def n_parts(self) -> int:
+    def n_parts(self, n_train: int) -> int:
         """Independent parts a torchrun job can share out: the designs, and the first-order features
         when the scores use them."""
-        return self.config.designs + (self._first_order_weight() != 0.0)
+        return self.config.designs + (self._first_order_weight(n_train) != 0.0)
 
-    def parts_description(self) -> str:
-        first_order = " and the first-order features" if self._first_order_weight() != 0.0 else ""
+    def parts_description(self, n_train: int) -> str:
+        first_order = " and the first-order features" if self._first_order_weight(n_train) != 0.0 else ""
         return f"{self.config.designs} design(s){first_order}"
 
     def compute_shard(self, train: Examples, queries: Examples, shard: Shard) -> None:
@@ -143,7 +146,7 @@ class StrideAttributor(Attributor):
         for design in range(self.config.designs):
             if shard.owns(design):
                 self._design_responses(self._prepare_design(train, design), queries)
-        if self._first_order_weight() != 0.0 and shard.owns(self.config.designs):
+        if self._first_order_weight(len(train)) != 0.0 and shard.owns(self.config.designs):
             self._prepare_first_order(train)
             self._first_order_query_features(queries)
 
@@ -241,12 +244,23 @@ class StrideAttributor(Attributor):
         tensors, info = self._stage(stage, recover)
         return SparseRows.from_tensors(tensors), info["lambda"], responses
 
-    def _first_order_weight(self) -> float | None:
-        """The configured mixing weight; None: to be cross-fitted ("auto" with several designs)."""
+    def _first_order_weight(self, n_train: int) -> float | None:
+        """The configured mixing weight; None: to be cross-fitted ("auto" with several designs, while
+        the training side's first-order features fit in FIRST_ORDER_MEMORY; above it "auto" is 0)."""
         weight = self.config.first_order_weight
-        if weight == "auto":
-            return None if self.config.designs > 1 else 0.0
-        return float(weight)
+        if weight != "auto":
+            return float(weight)
+        if self.config.designs < 2:
+            return 0.0
+        size = 4 * n_train * self.config.first_order_dim
+        if size > FIRST_ORDER_MEMORY:
+            if not self._warned_first_order:
+                self._warned_first_order = True
+                warnings.warn(f"the first-order mix is off: its features of {n_train} training examples would take "
+                              f"{size / 2**30:.1f} GiB (first_order_dim {self.config.first_order_dim}); set "
+                              "first_order_weight, or a smaller first_order_dim, to use it", stacklevel=2)  # fmt: skip
+            return 0.0
+        return None
 
     def _first_order_features(self, data: Examples, query: bool) -> StageOutput:
         config = self.config
@@ -294,7 +308,7 @@ class StrideAttributor(Attributor):
             responses.append(measured.double().numpy())
         self.lambda_ = penalty
         lasso = SparseRows.mean(recovered)
-        weight = self._first_order_weight()
+        weight = self._first_order_weight(lasso.shape[1])
         if weight == 0.0:
             return Mixture(lasso, designs=recovered)
         mixture = Mixture(lasso, self._first_order_query_features(queries), self.first_order_train_, designs=recovered)
