@@ -284,9 +284,12 @@ def table_lines(cells: dict[str, dict[str, Any]], markdown: bool) -> list[str]:
 
 
 def write_results(path: Path, cells: dict[str, dict[str, Any]], configuration: dict[str, Any]) -> dict[str, Any]:
-    """Merge `cells` into matrix{TAG}.json, rewrite it and the markdown table beside it; the merged cells."""
+    """Merge `cells` into matrix{TAG}.json, rewrite it and the markdown table beside it; the merged cells.
+
+    A cell run again keeps the rows of methods this run did not name (same --out: same sizes)."""
     merged = json.loads(path.read_text())["cells"] if path.is_file() else {}
-    merged.update(cells)
+    for name, cell in cells.items():
+        merged[name] = {**cell, "rows": {**merged.get(name, {}).get("rows", {}), **cell["rows"]}}
     ordered = {c.name: merged[c.name] for c in CELLS if c.name in merged}
     summary = half_summary(ordered)
     write_json(path, {"configuration": configuration, "threads": torch.get_num_threads(), "cells": ordered,

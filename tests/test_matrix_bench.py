@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from bench.matrix import CELLS, half_summary, stride_vs_best, table_lines
+from bench.matrix import CELLS, half_summary, stride_vs_best, table_lines, write_results
 from bench.matrix_corpora import WORDNET_DIR, as_row, build_splits, definitions_entries
 
 
@@ -65,3 +65,13 @@ def test_stride_is_compared_with_the_best_baseline_per_half():
                                                 "ceiling_ci": [0.6, 0.8]}}}  # fmt: skip
     lines = table_lines({"c": with_ci}, markdown=True)
     assert lines[2] == "| stride | 0.500 [0.40, 0.60] |" and lines[-1] == "| ceiling | 0.700 [0.60, 0.80] |"
+
+
+def test_a_cell_run_again_with_fewer_methods_keeps_the_other_rows(tmp_path):
+    row = {"lds": 0.5, "ci_low": 0.4, "ci_high": 0.6, "ceiling": 0.7, "ceiling_ci": [0.6, 0.8]}
+    name = CELLS[0].name
+    first = {name: {"half": "A", "rows": {"stride": row, "ekfac": row}}}
+    write_results(tmp_path / "matrix.json", first, {})
+    merged = write_results(tmp_path / "matrix.json", {name: {"half": "A", "rows": {"ekfac": {**row, "lds": 0.9}}}}, {})
+    assert merged[name]["rows"]["stride"] == row and merged[name]["rows"]["ekfac"]["lds"] == 0.9
+    assert "| ekfac | 0.900 [0.40, 0.60] |" in (tmp_path / "matrix.md").read_text()
