@@ -262,7 +262,8 @@ def half_summary(cells: dict[str, dict[str, Any]]) -> dict[str, dict[str, float 
 def table_lines(cells: dict[str, dict[str, Any]], markdown: bool) -> list[str]:
     """Rows: methods and the ceiling; columns: cells; entries: LDS [95% CI]."""
     names = list(cells)
-    methods = list(dict.fromkeys(m for c in cells.values() for m in c["rows"]))
+    seen = {m for c in cells.values() for m in c["rows"]}
+    methods = [m for m in DEFAULT_METHODS if m in seen] + sorted(seen - set(DEFAULT_METHODS))
 
     def entry(row: dict[str, Any] | None) -> str:
         return "-" if row is None else f"{row['lds']:.3f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
@@ -339,9 +340,9 @@ def main() -> int:
         cell_started = time.perf_counter()
         run = run_classifier_cell if cell.regime == "classifier" else run_lm_cell
         done[name] = {**dataclasses.asdict(cell), "sizes": dataclasses.asdict(sizes), **run(cell, sizes, args, methods),
-                      "wall_seconds": time.perf_counter() - cell_started}  # fmt: skip
+                      "wall_seconds_this_run": time.perf_counter() - cell_started}  # fmt: skip
         table = write_results(results_path, done, configuration)
-        print(f"[{name}] done in {done[name]['wall_seconds']:.0f} s; wrote {results_path}", flush=True)
+        print(f"[{name}] done in {done[name]['wall_seconds_this_run']:.0f} s; wrote {results_path}", flush=True)
     print(f"\nLDS [95% CI] per cell of {results_path} (half A: defaults may be chosen there; B: confirmation)")
     print("\n".join(table_lines(table, markdown=False)))
     for half, summary in half_summary(table).items():
