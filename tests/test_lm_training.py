@@ -2,11 +2,12 @@
 
 import json
 
+import pytest
 import torch
 
 from stride.cli import main
 from stride.data import load_data
-from stride.lm_training import example_losses
+from stride.lm_training import LMRecipe, example_losses, train_lm
 from stride.models import load_causal_lm
 
 RECIPE = {"architecture": "llama", "n_layers": 1, "hidden_size": 32, "n_heads": 2, "vocab_size": 300,
@@ -62,3 +63,15 @@ def test_an_ensemble_from_train_lm_feeds_trak_from_the_command_line(corpus, tmp_
     assert info["settings"]["checkpoints"] == [str(member)]
     one, two = (load_file(str(tmp_path / name / "scores.safetensors"))["scores"] for name in ("one", "two"))
     assert not torch.allclose(one, two)
+
+
+@pytest.mark.parametrize("architecture", ["qwen2", "gpt_neox"])
+def test_other_architectures_train_save_and_load(corpus, tmp_path, architecture):
+    recipe = LMRecipe.from_dict({**RECIPE, "architecture": architecture})
+    folder = train_lm(corpus["train"], tmp_path / architecture, recipe, progress=False)
+    model, tokenizer = load_causal_lm(folder)
+    assert model.config.model_type == architecture
+    record = json.loads((folder / "recipe.json").read_text())
+    assert record["epoch_losses"][-1] < record["epoch_losses"][0]
+    data = load_data(corpus["train"], tokenizer, 48)
+    assert example_losses(model, data).mean() == pytest.approx(record["epoch_losses"][-1], rel=0.3)

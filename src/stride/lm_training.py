@@ -26,7 +26,7 @@ from stride.losses import sequence_losses
 from stride.models import context_length, load_causal_lm, load_tokenizer
 from stride.reproducibility import deterministic_algorithms
 
-ARCHITECTURES = ("gpt2", "llama")
+ARCHITECTURES = ("gpt2", "llama", "qwen2", "gpt_neox")
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
 
 
@@ -82,7 +82,7 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
 
 
 def new_causal_lm(recipe: LMRecipe, tokenizer: Any) -> nn.Module:
-    """A randomly initialised GPT-2 or Llama model sized by the recipe, dropout off."""
+    """A randomly initialised GPT-2, Llama, Qwen2 or GPT-NeoX model sized by the recipe, dropout off."""
     import transformers
 
     torch.manual_seed(recipe.seed)
@@ -95,12 +95,15 @@ def new_causal_lm(recipe: LMRecipe, tokenizer: Any) -> nn.Module:
             attn_pdrop=0.0, **ids,
         )  # fmt: skip
         return transformers.GPT2LMHeadModel(gpt2_config)
-    llama_config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=recipe.hidden_size, intermediate_size=4 * recipe.hidden_size,
-        num_hidden_layers=recipe.n_layers, num_attention_heads=recipe.n_heads,
-        max_position_embeddings=recipe.context, tie_word_embeddings=True, **ids,
-    )  # fmt: skip
-    return transformers.LlamaForCausalLM(llama_config)
+    sizes = {"vocab_size": len(tokenizer), "hidden_size": recipe.hidden_size,
+             "intermediate_size": 4 * recipe.hidden_size, "num_hidden_layers": recipe.n_layers,
+             "num_attention_heads": recipe.n_heads, "max_position_embeddings": recipe.context,
+             "tie_word_embeddings": True, **ids}  # fmt: skip
+    if recipe.architecture == "qwen2":
+        return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(num_key_value_heads=recipe.n_heads, **sizes))
+    if recipe.architecture == "gpt_neox":
+        return transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**sizes))
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**sizes))
 
 
 def train_causal_lm(

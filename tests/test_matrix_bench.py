@@ -1,0 +1,77 @@
+"""bench/matrix.py and its corpora: disjoint splits, SFT rows, and the STRIDE-vs-baseline summary."""
+
+import json
+
+import pytest
+from bench.matrix import CELLS, half_summary, stride_vs_best, table_lines, write_results
+from bench.matrix_corpora import WORDNET_DIR, as_row, build_splits, definitions_entries
+
+
+def read_rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_splits_are_disjoint_and_the_pretraining_split_takes_what_is_left(tmp_path):
+    paths = build_splits("pydoc", "text", tmp_path, {"train": 50, "queries": 10, "pretrain": 10**6})
+    rows = {name: [row["text"] for row in read_rows(path)] for name, path in paths.items()}
+    assert len(rows["train"]) == 50 and len(rows["queries"]) == 10
+    assert 0 < len(rows["pretrain"]) < 10**6
+    assert not set(rows["train"]) & set(rows["queries"]) and not set(rows["pretrain"]) & set(rows["train"])
+    again = build_splits("pydoc", "text", tmp_path / "again", {"train": 50, "queries": 10})
+    assert [row["text"] for row in read_rows(again["train"])] == rows["train"]  # seeded
+
+
+def test_sft_needs_a_corpus_with_prompts_and_too_small_corpora_stop(tmp_path):
+    with pytest.raises(SystemExit, match="SFT needs"):
+        build_splits("pydoc", "sft", tmp_path, {"train": 5})
+    with pytest.raises(SystemExit, match="too few"):
+        build_splits("pydoc", "text", tmp_path, {"train": 10**6})
+
+
+@pytest.mark.skipif(not (WORDNET_DIR / "data.noun").is_file(), reason="apt-get install -y wordnet-base")
+def test_definitions_become_prompt_completion_rows_and_pretraining_text(tmp_path):
+    entries = definitions_entries()
+    assert len(entries) > 10_000
+    assert as_row(entries[0], "sft") == {"prompt": entries[0].prompt, "completion": entries[0].completion}
+    paths = build_splits("definitions", "sft", tmp_path, {"train": 20, "queries": 5, "pretrain": 30})
+    train, pretrain = read_rows(paths["train"]), read_rows(paths["pretrain"])
+    assert set(train[0]) == {"prompt", "completion"} and train[0]["prompt"].endswith(":")
+    assert set(pretrain[0]) == {"text"} and len(pretrain) == 30
+
+
+def test_every_corpus_and_architecture_appears_at_least_twice_and_halves_balance_regimes():
+    lm_cells = [c for c in CELLS if c.regime != "classifier"]
+    corpora = [c.corpus for c in lm_cells]
+    assert len(set(corpora)) >= 4 and all(corpora.count(v) >= 2 for v in corpora)
+    architectures = [c.architecture for c in lm_cells]
+    assert all(architectures.count(v) >= 2 for v in ("gpt2", "llama", "qwen2"))
+    for regime in {c.regime for c in lm_cells}:
+        assert {c.half for c in lm_cells if c.regime == regime} == {"A", "B"}, regime
+
+
+def test_stride_is_compared_with_the_best_baseline_per_half():
+    def cell(half, stride, *baselines):
+        rows = {"stride": {"lds": stride}} | {f"b{i}": {"lds": v} for i, v in enumerate(baselines)}
+        return {"half": half, "rows": {("ekfac" if k == "b0" else "tfidf" if k == "b1" else k): v
+                                       for k, v in rows.items()}}  # fmt: skip
+
+    cells = {"x": cell("A", 0.4, 0.5, 0.2), "y": cell("A", 0.6, 0.3, 0.4), "z": cell("B", 0.2, 0.4, 0.1)}
+    assert stride_vs_best(cells["x"]) == pytest.approx({"best_baseline": 0.5, "ratio": 0.8, "difference": -0.1})
+    summary = half_summary(cells)
+    assert summary["A"]["mean_ratio"] == pytest.approx((0.8 + 1.5) / 2)
+    assert summary["B"] == pytest.approx({"cells": 1, "mean_ratio": 0.5, "mean_difference": -0.2})
+    assert stride_vs_best({"half": "A", "rows": {"stride": {"lds": 0.3}}}) is None
+    with_ci = {"half": "B", "rows": {"stride": {"lds": 0.5, "ci_low": 0.4, "ci_high": 0.6, "ceiling": 0.7,
+                                                "ceiling_ci": [0.6, 0.8]}}}  # fmt: skip
+    lines = table_lines({"c": with_ci}, markdown=True)
+    assert lines[2] == "| stride | 0.500 [0.40, 0.60] |" and lines[-1] == "| ceiling | 0.700 [0.60, 0.80] |"
+
+
+def test_a_cell_run_again_with_fewer_methods_keeps_the_other_rows(tmp_path):
+    row = {"lds": 0.5, "ci_low": 0.4, "ci_high": 0.6, "ceiling": 0.7, "ceiling_ci": [0.6, 0.8]}
+    name = CELLS[0].name
+    first = {name: {"half": "A", "rows": {"stride": row, "ekfac": row}}}
+    write_results(tmp_path / "matrix.json", first, {})
+    merged = write_results(tmp_path / "matrix.json", {name: {"half": "A", "rows": {"ekfac": {**row, "lds": 0.9}}}}, {})
+    assert merged[name]["rows"]["stride"] == row and merged[name]["rows"]["ekfac"]["lds"] == 0.9
+    assert "| ekfac | 0.900 [0.40, 0.60] |" in (tmp_path / "matrix.md").read_text()
