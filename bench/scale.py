@@ -8,9 +8,10 @@ one process against a torchrun job. One JSON per part.
 - Part `recovery` (part c): `bench.recovery_scale` at n = 1,000,000 (K = 1000, d = 20, 500
   queries), its own process. Writes OUT/recovery.json (and its own results.json).
 - Part `processes` (part d): the default STRIDE run (2 designs and the first-order features) on
-  `--processes-n` examples as one process with 2 threads, then as `torchrun --nproc-per-node 2`
-  with 1 thread each. Wall seconds of each command, their ratio, and how far the scores differ
-  (thread counts change the order of sums only). Writes OUT/processes.json.
+  `--processes-n` examples as one process with 2 threads, as one process with 1 thread, then as
+  `torchrun --nproc-per-node 2` with 1 thread each. Wall seconds of each command, the ratios, and
+  how far the scores differ (thread counts change the order of sums only). Peak RSS is that of the
+  largest single process. Writes OUT/processes.json.
 
 Every command runs alone on the machine's cores; run nothing else meanwhile.
 
@@ -109,6 +110,9 @@ def part_processes(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     single, sharded = out / "runs" / "one_process", out / "runs" / "two_processes"
     one = measured([sys.executable, *stride_command(model, train, queries, single, 2, None)])
     print(f"one process, 2 threads: {one['wall_seconds']:.1f} s", flush=True)
+    one_thread = measured([sys.executable, *stride_command(model, train, queries, out / "runs" / "one_thread", 1,
+                                                           None)])  # fmt: skip
+    print(f"one process, 1 thread: {one_thread['wall_seconds']:.1f} s", flush=True)
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
                 "--master-port", str(_free_port())]  # fmt: skip
@@ -117,8 +121,10 @@ def part_processes(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     a = load_file(str(single / "scores.safetensors"))["scores"].double()
     b = load_file(str(sharded / "scores.safetensors"))["scores"].double()
     result = {
-        "configuration": vars(args), "n_train": args.processes_n, "one_process": one, "two_processes": two,
+        "configuration": vars(args), "n_train": args.processes_n, "one_process": one,
+        "one_process_one_thread": one_thread, "two_processes": two,
         "speedup": one["wall_seconds"] / two["wall_seconds"],
+        "speedup_over_one_thread": one_thread["wall_seconds"] / two["wall_seconds"],
         "max_relative_score_difference": float((a - b).abs().max() / a.abs().max()),
         "stages_one_process": json.loads((single / "info.json").read_text())["timings_seconds"],
     }  # fmt: skip
