@@ -10,7 +10,7 @@ run killed while training operators resumes from its last checkpoint.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,7 @@ from stride.method.expansion import measured_responses
 from stride.method.first_order import first_order_family, restricted_gradients
 from stride.method.hybrid import cross_fitted_weight, mix
 from stride.method.membership import example_subsets, membership_matrix, subset_sizes
-from stride.method.operators import SHARED_LOGIT, OperatorBank, head_output_basis
+from stride.method.operators import HASHED_LOGIT, LOGIT, SHARED_LOGIT, OperatorBank, head_output_basis
 from stride.method.recover import (
     CV_LAMBDAS,
     CV_SPAN,
@@ -173,7 +173,10 @@ class StrideAttributor(Attributor):
 
         tensors, _ = self._stage(Stage("membership" + suffix, membership, {}), draw)
         table = tensors["example_subsets"].numpy()
-        operator_args = from_config(OperatorArguments, config, seed=seed, layer=self.layer, task=self.task.settings())
+        output = {"output_rank": config.output_rank if config.form in (SHARED_LOGIT, HASHED_LOGIT) else None,
+                  "output_init": config.output_init if config.form == SHARED_LOGIT else None}  # fmt: skip
+        operator_args = from_config(OperatorArguments, config, seed=seed, layer=self.layer, task=self.task.settings(),
+                                    **output)  # fmt: skip
         operators = Stage("operators" + suffix, operator_args, self._inputs())
         bank = self._new_bank(train, seed)
 
@@ -202,7 +205,9 @@ class StrideAttributor(Attributor):
         return self.designs_
 
     def _response_args(self, design: Design) -> ResponseArguments:
-        return ResponseArguments(design.operator_args, self.config.measure_expansion)
+        expansion = self.config.measure_expansion
+        operators = {field.name: getattr(design.operator_args, field.name) for field in fields(OperatorArguments)}
+        return ResponseArguments(**operators, measure_expansion=None if expansion == "exact" else expansion)
 
     def _design_responses(self, design: Design, queries: Examples) -> tuple[torch.Tensor, torch.Tensor]:
         stage = Stage("responses" + design.suffix, self._response_args(design),
@@ -285,8 +290,8 @@ class StrideAttributor(Attributor):
         family, output_rank, _ = first_order_family(config.form, config.output_rank, FIRST_ORDER_RANK,
                                                     config.first_order_dim)  # fmt: skip
         return from_config(FirstOrderArguments, config, layer=self.layer, task=self.task.settings(),
-                           rank=FIRST_ORDER_RANK, seed=self.seed, family=family,
-                           family_output_rank=output_rank)  # fmt: skip
+                           rank=FIRST_ORDER_RANK, seed=self.seed, family=None if family == LOGIT else family,
+                           family_output_rank=output_rank or None)  # fmt: skip
 
     def _first_order_query_features(self, queries: Examples) -> torch.Tensor:
         """The queries' first-order features; <g(query), g(example)> with the training-side features

@@ -54,8 +54,8 @@ class OperatorArguments:
     task: dict[str, Any]
     form: str
     rank: int
-    output_rank: int
-    output_init: str
+    output_rank: int | None  # None for the forms without an output basis (a run folder from before
+    output_init: str | None  # these settings existed then still matches: a missing key reads as None)
     epochs: int
     batch_size: int
     length_grouping: int
@@ -69,19 +69,19 @@ class OperatorArguments:
 
 
 @dataclass(frozen=True)
-class ResponseArguments:
-    """A design's responses to the queries: its operators and how they are measured."""
+class ResponseArguments(OperatorArguments):
+    """A design's responses to the queries: its operators' arguments and how they are measured
+    (None: exactly, one steered pass per operator)."""
 
-    operators: OperatorArguments
-    measure_expansion: str
+    measure_expansion: str | None = None
 
 
 @dataclass(frozen=True)
 class RecoveryArguments:
-    """A design's Lasso: its responses, the lambda rule, either the penalty or the CV grid, and the
+    """A design's Lasso: its responses' arguments, the lambda rule, either the penalty or the CV grid, and the
     solver (its name and tolerances: scores from another solver are not reused)."""
 
-    responses: ResponseArguments
+    operators: ResponseArguments
     lambda_rule: str
     penalty: float | None
     cv_queries: int | None
@@ -95,8 +95,8 @@ class FirstOrderArguments:
     """The first-order features: gradients w.r.t. one zero operator of `family` (see
     `first_order.first_order_family`)."""
 
-    family: str
-    family_output_rank: int
+    family: str | None  # None: the logit family (as every run before other families existed)
+    family_output_rank: int | None
     layer: Any
     task: dict[str, Any]
     rank: int
