@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ast
 import itertools
-import re
 import sysconfig
 import textwrap
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from bench.selection import pydoc_paragraphs
 from stride.corpus import DEMO_MIX, read_fortunes
 from stride.data import write_jsonl
 
@@ -45,15 +45,7 @@ def fortune_entries() -> list[Entry]:
 
 def pydoc_entries() -> list[Entry]:
     """Distinct whitespace-normalised paragraphs (40..300 characters) of Python's documentation topics."""
-    import pydoc_data.topics
-
-    seen: dict[str, None] = {}
-    for _, text in sorted(pydoc_data.topics.topics.items()):
-        for paragraph in re.split(r"\n\s*\n", text):
-            line = " ".join(paragraph.split())
-            if 40 <= len(line) <= MAX_CHARS and "***" not in line:
-                seen.setdefault(line)
-    return [Entry("", text) for text in seen]
+    return [Entry("", text) for text in pydoc_paragraphs(MAX_CHARS)]
 
 
 def code_entries() -> list[Entry]:

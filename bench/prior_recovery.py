@@ -87,18 +87,18 @@ def regime_rows(root: Path, run_name: str, ekfac_name: str) -> dict[str, dict[st
                         "responses": stage(run, "responses" + suffix)["responses"].astype(np.float64)})  # fmt: skip
     first_order = stage(run, "first_order_queries")["features"] @ stage(run, "first_order_train")["features"].T
     ekfac = load_file(str(root / "runs" / ekfac_name / "scores.safetensors"))["scores"].double().numpy()
-    lasso = np.mean([recovered(run, suffix) for suffix in ("", "_design1")], axis=0)
+    design_scores = [recovered(run, suffix) for suffix in ("", "_design1")]
+    lasso = np.mean(design_scores, axis=0)
+    stride = load_file(str(run / "scores.safetensors"))["scores"].double().numpy()
     candidates = {
-        "stride (default: Lasso + first-order mix)": load_file(str(run / "scores.safetensors"))["scores"].numpy(),
+        "stride (default: Lasso + first-order mix)": stride,
         "Lasso only (designs averaged)": lasso,
         "first-order scores alone": first_order,
         "ekfac alone": ekfac,
-        "z-average stride + ekfac (no tuning)": standard_units(load_file(str(run / "scores.safetensors"))["scores"]
-                                                               .double().numpy()) + standard_units(ekfac),
+        "z-average stride + ekfac (no tuning)": standard_units(stride) + standard_units(ekfac),
         "regression-adjusted, prior ekfac": adjusted(designs, ekfac, n_subsets, penalty),
         "regression-adjusted, prior first-order": adjusted(designs, first_order, n_subsets, penalty),
     }  # fmt: skip
-    design_scores = [recovered(run, suffix) for suffix in ("", "_design1")]
     weight, criteria = cross_fitted_weight(design_scores, [d["responses"] for d in designs],
                                            [d["membership"] for d in designs], ekfac, MIX_GRID)  # fmt: skip
     rounded = {k: round(v, 4) for k, v in criteria.items()}

@@ -150,10 +150,7 @@ def _adapter(tmp: Path, inputs: dict[str, Path], base: str | None) -> Path:
 
 @maker
 def adapter_other_base(tmp: Path, inputs: dict[str, Path]) -> Path:
-    other = _copy_model(inputs["model"], tmp / "other")
-    config = json.loads((other / "config.json").read_text())
-    config["n_embd"] = 48
-    (other / "config.json").write_text(json.dumps(config))
+    other = _copy_model(inputs["model"], tmp / "other")  # its tokenizer; the weights and config are replaced below
     from stride.lm_training import LMRecipe, new_causal_lm
     from stride.models import load_tokenizer
 
