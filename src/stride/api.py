@@ -86,7 +86,8 @@ def attribute(
     Writes `scores.safetensors` (tensor `scores`, float32 [n_queries, n_train]), `info.json`
     (settings, versions, sizes, timings) and `top.jsonl` (per query its 10 most and 10 least
     influential training examples). Finished stages in `out_dir` are reused. `config` holds
-    STRIDE's settings, `method_settings` those of another `method`. `reuse_from`: a run folder of
+    STRIDE's settings, `method_settings` those of another `method` (for STRIDE: those of its
+    `config.partner`). `reuse_from`: a run folder of
     the same model, training set and settings whose query-independent stages (STRIDE's trained
     operators, a baseline's training-side features) are copied in first, so new queries cost
     only their own stages. `top_k`: write each query's k most and k least influential examples
@@ -102,7 +103,7 @@ def attribute(
     if method not in available_methods():
         raise StrideError(f"unknown method {method!r}; available: {', '.join(available_methods())}")
     shard = current_shard()  # this process's share of a torchrun job (None: one process)
-    place, precision = method_placement(method, device, dtype)
+    place, precision = method_placement(method, device, dtype, config.partner)
     if shard is not None:
         place = shard_device(shard, place)
     n_threads = set_threads(threads)

@@ -72,6 +72,12 @@ class StrideConfig:
             the base softmax: no softmax over the vocabulary per operator).
         max_length: token limit per example; None means the model's context length.
         checkpoint_every: training steps between two resumable checkpoints.
+        partner: another attribution method (e.g. "astra", "ekfac", "logra") whose scores are mixed
+            into STRIDE's final scores, per query in standard units: (1 - w) z(stride) + w z(partner)
+            with w = `partner_weight`. None: STRIDE alone. The partner runs with its own defaults, or
+            with the section named after it in the --config file; it runs on the CPU in float32, so
+            the whole run does.
+        partner_weight: the partner's weight w in [0, 1].
     """
 
     form: str = "logit"
@@ -102,6 +108,8 @@ class StrideConfig:
     measure_expansion: str = "exact"
     max_length: int | None = None
     checkpoint_every: int = 50
+    partner: str | None = None
+    partner_weight: float = 0.5
 
     def validate(self, n_train: int | None = None) -> None:
         """Raise StrideError naming the first setting of the wrong type or out of range."""
@@ -139,6 +147,8 @@ class StrideConfig:
         in_range = isinstance(weight, (int, float)) and not isinstance(weight, bool) and 0 <= weight <= 1
         if weight != "auto" and not in_range:
             raise StrideError(f"first_order_weight must be 'auto' or a number in [0, 1], got {weight!r}")
+        if not 0.0 <= self.partner_weight <= 1.0:
+            raise StrideError(f"partner_weight must be in [0, 1], got {self.partner_weight}")
         if self.length_grouping < 0:
             raise StrideError(f"length_grouping must be 0 or more, got {self.length_grouping}")
         if not 0.0 <= self.stability_fraction <= 1.0:
@@ -266,7 +276,9 @@ def method_options(method: str, config_path: str | Path | None) -> tuple[StrideC
     """STRIDE's config or another method's settings from a JSON/YAML file (a file may hold one section per method)."""
     if not config_path:
         return StrideConfig(), {}
-    if method == "stride":
-        return StrideConfig.from_file(config_path), {}
     values = read_mapping_file(config_path)
+    if method == "stride":  # its other setting is its partner's section, when the file has one
+        config = StrideConfig.from_file(config_path)
+        partner = values.get(config.partner) if config.partner else None
+        return config, partner if isinstance(partner, dict) else {}
     return StrideConfig(), values.get(method, values)

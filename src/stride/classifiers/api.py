@@ -129,7 +129,8 @@ def attribute_classifier(
     if checkpoints and method not in ENSEMBLE_METHODS:
         raise StrideError(f"checkpoints are used by {list(ENSEMBLE_METHODS)} only, not by {method!r}")
     task = ClassifierTask(measurement)
-    place, precision = method_placement(method, device, dtype)
+    partner = config.partner if isinstance(config, StrideConfig) else (config or {}).get("partner")
+    place, precision = method_placement(method, device, dtype, partner)
     n_threads = set_threads(threads)
     check_seed(seed)
     torch.manual_seed(seed)

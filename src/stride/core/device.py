@@ -44,10 +44,17 @@ def resolve_dtype(name: str = "float32") -> torch.dtype:
     return DTYPES[name]
 
 
-def method_placement(method: str, device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+def method_placement(method: str, device: str, dtype: str,
+                     partner: str | None = None) -> tuple[torch.device, torch.dtype]:  # fmt: skip
     """Device and dtype of `method`'s frozen model. STRIDE takes what is asked; any other method runs
-    on the CPU in float32, and asking it for another device or dtype is a StrideError."""
+    on the CPU in float32, and asking it for another device or dtype is a StrideError. STRIDE with a
+    `partner` method runs where its partner runs."""
     resolved_dtype = resolve_dtype(dtype)
+    if partner is not None and method in DEVICE_METHODS:
+        try:
+            return method_placement(partner, device, dtype)
+        except StrideError as exc:
+            raise StrideError(f"{exc} (STRIDE's partner {partner!r} runs with it)") from None
     if method in DEVICE_METHODS:
         return resolve_device(device), resolved_dtype
     if device not in ("auto", "cpu"):

@@ -10,7 +10,7 @@ run killed while training operators resumes from its last checkpoint.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -47,12 +47,14 @@ from stride.method.stages import (
     from_config,
 )
 from stride.method.train import OperatorTrainer
+from stride.registry import available_methods, create_attributor
 from stride.reproducibility import deterministic_algorithms
-from stride.store import QUERY_INPUT, RunStore, Stage, StageOutput
+from stride.store import QUERY_INPUT, STAGES, RunStore, Stage, StageOutput
 from stride.tasks import CausalLMTask, Examples, Task
 
 FIRST_ORDER_MEMORY = 4 * 2**30  # bytes of training-side first-order features that "auto" accepts (n = 262k)
 FIRST_ORDER_RANK = 64  # basis rank of the first-order features (restricted-gradient LDS: 0.43 vs 0.44 at full width)
+NOT_PARTNERS = ("stride", "operator-grad")  # methods that cannot be STRIDE's partner
 DESIGN_SEED_STRIDE = 1_000_003  # seeds of the designs of one run: seed, seed + this, seed + 2 x this, ...
 
 
@@ -72,7 +74,8 @@ class StrideAttributor(Attributor):
     """Attribution with steering operators on random subsets and per-query Lasso recovery.
 
     `task` says how the model is fed, where it is steered and what a loss is (default: a causal LM).
-    Each design's trained operators are kept in `banks_` under the design's name."""
+    Each design's trained operators are kept in `banks_` under the design's name. `partner`: another
+    method whose scores are mixed into the final ones (`config.partner_weight`; see `create`)."""
 
     name = "stride"
 
@@ -85,6 +88,7 @@ class StrideAttributor(Attributor):
         model_digest: str = "",
         progress: bool = True,
         task: Task | None = None,
+        partner: Attributor | None = None,
     ):
         super().__init__(store)
         self.model = model
@@ -93,6 +97,7 @@ class StrideAttributor(Attributor):
         self.model_digest = model_digest
         self.progress = progress
         self.task = task or CausalLMTask()
+        self.partner = partner
         self.steered_ = self.task.steered(model, self.config.layer)
         self.layer = self.steered_.location
         self.designs_: list[Design] = []
@@ -104,7 +109,9 @@ class StrideAttributor(Attributor):
         self._warned_first_order = False
 
     def settings(self) -> dict[str, Any]:
-        return {**self.config.to_dict(), **self.steered_.settings(), **self.task.settings(), "seed": self.seed}
+        partner = {"partner_settings": self.partner.settings()} if self.partner is not None else {}
+        return {**self.config.to_dict(), **self.steered_.settings(), **self.task.settings(), "seed": self.seed,
+                **partner}  # fmt: skip
 
     def _new_bank(self, train: Examples, seed: int) -> OperatorBank:
         config = self.config
@@ -133,6 +140,15 @@ class StrideAttributor(Attributor):
         self.designs_ = [self._prepare_design(train, design) for design in range(self.config.designs)]
         if self._first_order_weight(len(train)) != 0.0:
             self._prepare_first_order(train)
+        if self.partner is not None:
+            self.partner.prepare(train)
+            self._record_partner()
+
+    def _record_partner(self) -> None:
+        """The partner's stage seconds and records, under "partner_" names, with STRIDE's."""
+        assert self.partner is not None
+        self.timings.update({f"partner_{name}": seconds for name, seconds in self.partner.timings.items()})
+        self.stage_info.update({f"partner_{name}": info for name, info in self.partner.stage_info.items()})
 
     def n_parts(self, n_train: int) -> int:
         """Independent parts a torchrun job can share out: the designs, and the first-order features
@@ -328,16 +344,20 @@ class StrideAttributor(Attributor):
             recovered.append(scores)
             responses.append(measured.double().numpy())
         self.lambda_ = penalty
-        lasso = SparseRows.mean(recovered)
-        weight = self._first_order_weight(lasso.shape[1])
-        if weight == 0.0:
-            return Mixture(lasso, designs=recovered)
-        mixture = Mixture(lasso, self._first_order_query_features(queries), self.first_order_train_, designs=recovered)
-        criteria: dict[float, float] = {}
-        if weight is None:
-            weight, criteria = self._cross_fitted_weight(recovered, responses, mixture, rows_per_chunk)
-        self.stage_info["hybrid"] = {"first_order_weight": weight, "criteria": criteria}
-        mixture.weight = weight
+        mixture = Mixture(SparseRows.mean(recovered), designs=recovered)
+        weight = self._first_order_weight(mixture.lasso.shape[1])
+        if weight != 0.0:
+            mixture.query_features = self._first_order_query_features(queries)
+            mixture.train_features = self.first_order_train_
+            criteria: dict[float, float] = {}
+            if weight is None:
+                weight, criteria = self._cross_fitted_weight(recovered, responses, mixture, rows_per_chunk)
+            self.stage_info["hybrid"] = {"first_order_weight": weight, "criteria": criteria}
+            mixture.weight = weight
+        if self.partner is not None:
+            mixture.partner = self.partner.score(queries)
+            mixture.partner_weight = self.config.partner_weight
+            self._record_partner()
         return mixture
 
     def _cross_fitted_weight(self, recovered: list[SparseRows], responses: list[np.ndarray], mixture: Mixture,
@@ -362,13 +382,16 @@ class StrideAttributor(Attributor):
 @dataclass
 class Mixture:
     """STRIDE's final scores, row chunk by row chunk: the designs' averaged Lasso scores, mixed with
-    the first-order scores (query features x training features) at `weight` when those are given."""
+    the first-order scores (query features x training features) at `weight` when those are given,
+    and that mixed with a partner method's scores at `partner_weight` when they are given."""
 
     lasso: SparseRows
     query_features: torch.Tensor | None = None
     train_features: torch.Tensor | None = None
     weight: float = 0.0
     designs: list[SparseRows] = field(default_factory=list)
+    partner: torch.Tensor | None = None
+    partner_weight: float = 0.0
 
     def standard_errors(self, start: int, stop: int) -> torch.Tensor | None:
         """Standard errors of the scores of queries start..stop: the designs' spread, std / sqrt(D),
@@ -378,6 +401,8 @@ class Mixture:
             return None
         spread = torch.stack([design.dense(start, stop).double() for design in self.designs]).std(dim=0)
         share = 1.0 - self.weight if self.query_features is not None else 1.0
+        if self.partner is not None:  # the partner's scores are the same for every design
+            share *= 1.0 - self.partner_weight
         return (share * spread / len(self.designs) ** 0.5).float()
 
     def first_order(self, start: int, stop: int) -> np.ndarray:
@@ -387,14 +412,35 @@ class Mixture:
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
         """Scores of queries start..stop (float64 [stop - start, n_train])."""
-        lasso = self.lasso.dense(start, stop).double()
-        if self.query_features is None:
-            return lasso
-        return torch.as_tensor(mix(lasso.numpy(), self.first_order(start, stop), self.weight))
+        scores = self.lasso.dense(start, stop).double().numpy()
+        if self.query_features is not None:
+            scores = mix(scores, self.first_order(start, stop), self.weight)
+        if self.partner is not None:
+            scores = mix(scores, self.partner[start:stop].double().numpy(), self.partner_weight)
+        return torch.as_tensor(scores)
 
 
 def create(context: MethodContext) -> StrideAttributor:
+    """STRIDE, with its partner method (`config.partner`, set up from `context.settings`) when it has one."""
     return StrideAttributor(
         context.model, context.stride_config, seed=context.seed, store=context.store,
         model_digest=context.model_digest, progress=context.progress, task=context.task,
+        partner=create_partner(context),
     )  # fmt: skip
+
+
+def create_partner(context: MethodContext) -> Attributor | None:
+    """The attributor of STRIDE's partner method (None without one). It keeps its stages in its own
+    run store inside the run's stages folder, so that its stage names never meet STRIDE's."""
+    name = context.stride_config.partner
+    if name is None:
+        return None
+    if name in NOT_PARTNERS or name not in available_methods():
+        known = [m for m in available_methods() if m not in NOT_PARTNERS]
+        raise StrideError(f"partner must be one of {known}, got {name!r}")
+    parameter = next(context.model.parameters(), None)
+    if parameter is not None and (parameter.device.type != "cpu" or parameter.dtype != torch.float32):
+        raise StrideError(f"partner {name!r} runs on the CPU in float32, so STRIDE with a partner does too; "
+                          f"the model is on {parameter.device} in {parameter.dtype}")  # fmt: skip
+    store = RunStore(context.store.root / STAGES / f"partner_{name}") if context.store is not None else None
+    return create_attributor(name, replace(context, store=store))

@@ -23,6 +23,8 @@ NO_STORED_STAGE = {
     "measure_rows": "how many rows one measuring pass holds; the responses do not depend on it",
     "max_length": "shapes the tokenized data, whose digest every stage records",
     "checkpoint_every": "how often training saves its resumable state",
+    "partner": "the partner method's stages are stored in its own run store, with its own arguments",
+    "partner_weight": "applied when the scores are mixed, after every stored stage",
     "lasso_lambda": "recorded by RecoveryArguments as `penalty`, the penalty used",
 }
 
