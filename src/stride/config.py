@@ -70,6 +70,11 @@ class StrideConfig:
             "second_order" (shared_logit and hashed_logit forms on causal LMs: the loss change
             expanded to second order in the logit shift U a_k B h, from U's mean and covariance under
             the base softmax: no softmax over the vocabulary per operator).
+        training_expansion: "exact" (the operators' fidelity and stability terms from their steered
+            logits) or "second_order" (hashed_logit form on causal LMs: both terms expanded to second
+            order in the bucket shifts, as `measure_expansion: second_order` measures: no logits over
+            the vocabulary per (example, subset) pair, so the training cost does not grow with the
+            vocabulary; needs linearity_weight 0).
         max_length: token limit per example; None means the model's context length.
         checkpoint_every: training steps between two resumable checkpoints.
         partner: another attribution method (e.g. "astra", "ekfac", "logra") whose scores are mixed
@@ -106,6 +111,7 @@ class StrideConfig:
     lasso_solver: str = "auto"
     measure_rows: int = 256
     measure_expansion: str = "exact"
+    training_expansion: str = "exact"
     max_length: int | None = None
     checkpoint_every: int = 50
     partner: str | None = None
@@ -126,6 +132,11 @@ class StrideConfig:
             raise StrideError(
                 f"measure_expansion 'second_order' needs form 'shared_logit' or 'hashed_logit', got {self.form!r}"
             )
+        if self.training_expansion not in EXPANSIONS:
+            raise StrideError(f"training_expansion must be one of {EXPANSIONS}, got {self.training_expansion!r}")
+        if self.training_expansion == "second_order" and (self.form != "hashed_logit" or self.linearity_weight > 0):
+            raise StrideError("training_expansion 'second_order' needs form 'hashed_logit' and linearity_weight 0, "
+                              f"got {self.form!r} and {self.linearity_weight}")  # fmt: skip
         if self.lambda_rule not in LAMBDA_RULES:
             raise StrideError(f"lambda_rule must be one of {LAMBDA_RULES}, got {self.lambda_rule!r}")
         if self.lasso_solver not in LASSO_SOLVERS:

@@ -190,7 +190,9 @@ class StrideAttributor(Attributor):
         tensors, _ = self._stage(Stage("membership" + suffix, membership, {}), draw)
         table = tensors["example_subsets"].numpy()
         output = {"output_rank": config.output_rank if config.form in (SHARED_LOGIT, HASHED_LOGIT) else None,
-                  "output_init": config.output_init if config.form == SHARED_LOGIT else None}  # fmt: skip
+                  "output_init": config.output_init if config.form == SHARED_LOGIT else None,
+                  "training_expansion": None if config.training_expansion == "exact" else config.training_expansion,
+                  }  # fmt: skip
         operator_args = from_config(OperatorArguments, config, seed=seed, layer=self.layer, task=self.task.settings(),
                                     **output)  # fmt: skip
         operators = Stage("operators" + suffix, operator_args, self._inputs())

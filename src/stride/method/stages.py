@@ -68,6 +68,7 @@ class OperatorArguments:
     linearity_sketch_dim: int
     linearity_ridge: float
     linearity_every: int
+    training_expansion: str | None  # None: exact (as every run before the second-order training existed)
 
 
 @dataclass(frozen=True)

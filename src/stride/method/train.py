@@ -26,10 +26,13 @@ from tqdm.auto import tqdm
 
 from stride.config import StrideConfig
 from stride.errors import StrideError
+from stride.method.expanded_training import BucketMoments, bucket_moments, expanded_changes
 from stride.method.membership import membership_matrix
-from stride.method.operators import OperatorBank
+from stride.method.operators import HASHED_LOGIT, OperatorBank
 from stride.method.steering import Steered
-from stride.tasks import Examples
+from stride.tasks import CausalLMTask, Examples
+
+SECOND_ORDER = "second_order"
 
 
 @dataclass
@@ -66,6 +69,11 @@ class OperatorTrainer:
         self.table = torch.as_tensor(table, dtype=torch.long, device=self.device)
         self.config = config
         self.seed = seed
+        self.expanded = config.training_expansion == SECOND_ORDER
+        if self.expanded and (bank.form != HASHED_LOGIT or not isinstance(steered.task, CausalLMTask)):
+            raise StrideError("training_expansion 'second_order' expands the causal-LM cross-entropy of "
+                              f"hashed_logit operators; this run has {bank.form} operators on "
+                              f"{type(steered.task).__name__}")  # fmt: skip
         # fused: one kernel for the whole update of the K operators (2.6x faster than the default on CPU)
         self.optimizer = torch.optim.Adam(bank.parameters(), lr=config.learning_rate, fused=True)
         self.projector = None
@@ -106,10 +114,16 @@ class OperatorTrainer:
         n_rows, per_example = memberships.shape
         rows = torch.arange(n_rows, device=self.device).repeat_interleave(per_example)
         subset_ids = memberships.reshape(-1)
-        logits = steered.steered_logits(self.bank, base, batch, rows, subset_ids)
-        fidelity = steered.task.losses(logits, batch.select(rows)).mean()
+        moments = None
+        if self.expanded:  # the expanded cross-entropy: no [pairs, T, vocab] logits
+            moments = bucket_moments(self.bank, base.logits, batch)
+            linear, variance = expanded_changes(self.bank, moments, base.hidden, rows, subset_ids)
+            fidelity = (moments.base_losses[rows] + linear + 0.5 * variance).mean()
+        else:
+            logits = steered.steered_logits(self.bank, base, batch, rows, subset_ids)
+            fidelity = steered.task.losses(logits, batch.select(rows)).mean()
         loss = fidelity
-        stability = self._stability(base, batch, rows, subset_ids, memberships, generator)
+        stability = self._stability(base, batch, rows, subset_ids, memberships, generator, moments)
         if stability is not None:
             loss = loss + config.stability_weight * stability
         linearity = None
@@ -127,8 +141,10 @@ class OperatorTrainer:
         terms = tuple(float("nan") if term is None else term.item() for term in (fidelity, stability, linearity))
         return cast(tuple[float, float, float], terms)  # three terms; item() of a float tensor is a float
 
-    def _stability(self, base, batch, rows, subset_ids, memberships, generator) -> torch.Tensor | None:
-        """KL on examples of the batch paired with an operator whose subset they are not in."""
+    def _stability(self, base, batch, rows, subset_ids, memberships, generator,
+                   moments: BucketMoments | None) -> torch.Tensor | None:  # fmt: skip
+        """KL on examples of the batch paired with an operator whose subset they are not in (expanded
+        to second order when `moments` are given)."""
         n_rows = memberships.shape[0]
         if self.config.stability_weight <= 0 or self.config.stability_fraction <= 0 or n_rows < 2:
             return None
@@ -142,6 +158,9 @@ class OperatorTrainer:
         if not chosen.any():
             return None
         others, subset_ids = others[chosen], subset_ids[chosen]
+        if moments is not None:
+            _, variance = expanded_changes(self.bank, moments, base.hidden, others, subset_ids)
+            return 0.5 * variance.mean()
         logits = self.steered.steered_logits(self.bank, base, batch, others, subset_ids)
         return self.steered.task.divergence(base.logits[others], logits, batch.select(others)).mean()
 
