@@ -23,15 +23,14 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from stride.api import attribute  # noqa: E402
-from stride.corpus import build_benchmark_corpus  # noqa: E402
-from stride.data import load_data, read_examples  # noqa: E402
-from stride.lm_training import LMRecipe, example_losses, new_causal_lm, train_tokenizer  # noqa: E402
-from stride.core.jsonio import write_json  # noqa: E402
-
-from bench.lds import cached_model_matches  # noqa: E402
+from bench.lds import cached_model_matches
+from stride.api import attribute
+from stride.core.jsonio import write_json
+from stride.corpus import build_benchmark_corpus
+from stride.data import load_data, read_examples
+from stride.lm_training import LMRecipe, example_losses, new_causal_lm, train_tokenizer
 
 VOCAB = 1024
 CONTEXT = 128
@@ -52,12 +51,13 @@ def build_model(layers: int, width: int, texts: list[str], folder: Path) -> Path
     return folder
 
 
-def forward_seconds(model_dir: Path, train_path: Path) -> tuple[float, int]:
-    """Seconds of one forward pass over the training set, and the model's parameter count."""
+def forward_seconds(model_dir: str | Path, train_path: str | Path, max_length: int = CONTEXT) -> tuple[float, int]:
+    """Seconds of one forward pass (with the per-example losses) over the training set, its examples cut to
+    `max_length` tokens, and the model's parameter count."""
     from stride.models import load_causal_lm
 
     model, tokenizer = load_causal_lm(model_dir)
-    data = load_data(train_path, tokenizer, CONTEXT, name="training set")
+    data = load_data(train_path, tokenizer, max_length, name="training set")
     started = time.perf_counter()
     example_losses(model, data)
     return time.perf_counter() - started, sum(p.numel() for p in model.parameters())
@@ -88,7 +88,9 @@ def main() -> int:
         rows.append(row)
         ratios = "  ".join(f"{m} {s:7.1f} s ({s / forward:5.1f} fwd)" for m, s in row["seconds"].items())
         print(f"{size:7} {n_params / 1e6:6.2f}M params  forward {forward:6.1f} s  {ratios}", flush=True)
-        write_json(out / "results.json", {"configuration": vars(args), "threads": torch.get_num_threads(), "rows": rows})
+        write_json(
+            out / "results.json", {"configuration": vars(args), "threads": torch.get_num_threads(), "rows": rows}
+        )
     print(f"wrote {out / 'results.json'}")
     return 0
 

@@ -36,6 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
+from bench.scale_size import save_random_lm
 from stride.api import attribute, groundtruth, lds
 from stride.config import StrideConfig
 from stride.core.device import resolve_device, resolve_dtype
@@ -98,14 +99,9 @@ def build_qwen2(folder: Path, shape: dict[str, int], dtype: torch.dtype) -> tupl
     import transformers
 
     tokenizer = train_tokenizer([row["text"] for row in packed_texts(2000, 200, seed=1)], 4096)
-    config = transformers.Qwen2Config(**shape, max_position_embeddings=4096, tie_word_embeddings=True,
-                                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                      pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    torch.manual_seed(0)
-    model = transformers.Qwen2ForCausalLM(config).to(dtype)
-    model.save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder, sum(p.numel() for p in model.parameters())
+    parameters = save_random_lm(folder, transformers.Qwen2Config, tokenizer, dtype, **shape,
+                                max_position_embeddings=4096, tie_word_embeddings=True)  # fmt: skip
+    return folder, parameters
 
 
 def forward_pass_seconds(model_dir: Path, train_path: Path, device: torch.device, dtype: torch.dtype,

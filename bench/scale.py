@@ -1,6 +1,10 @@
-"""STRIDE at growing scale on this machine: training-set size, recovery at a million examples, and
-one process against a torchrun job. One JSON per part.
+"""STRIDE at growing scale on this machine: model size, training-set size, recovery at a million
+examples, and one process against a torchrun job. One JSON per part.
 
+- Part `size` (issue part a): wall time and peak memory of STRIDE (one design; the default), EK-FAC and
+  LoGra against model size up to GPT-2-small's shape and a 4-block Qwen2 with Qwen2's 152k vocabulary,
+  as multiples of one forward pass over the training set (`bench.scale_size` says how). Writes
+  OUT/size.json after every measurement and resumes from it.
 - Part `n` (issue part b): a random GPT-2 (2 blocks, width 128; `bench.cost_vs_n`'s model and its
   fortune sentences) attributed with `stride attribute` at each n of `--sizes`, one design: seconds
   per stage and the command's peak resident memory (its own process, measured by a parent that
@@ -15,7 +19,8 @@ one process against a torchrun job. One JSON per part.
 
 Every command runs alone on the machine's cores; run nothing else meanwhile.
 
-    python -m bench.scale [--parts n recovery processes] [--sizes 1000 4000 16000]
+    python -m bench.scale [--parts size n recovery processes] [--sizes 1000 4000 16000]
+        [--size-shapes gpt2:12x768:50257 qwen2:4x896:151936] [--size-n 256] [--size-timeout 3600]
 """
 
 from __future__ import annotations
@@ -24,9 +29,7 @@ import argparse
 import json
 import os
 import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,27 +40,10 @@ import torch
 from safetensors.torch import load_file
 
 from bench.cost_vs_n import N_QUERIES, build_model, fortune_sentences
+from bench.measuring import measured, stride_command
+from bench.scale_size import add_size_options, part_size
 from stride.core.jsonio import write_json
 from stride.data import write_jsonl
-
-MEASURE = "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; " \
-          "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)"  # fmt: skip
-
-
-def measured(command: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
-    """Run `command` under a fresh parent that reports the peak RSS of its descendants; wall seconds and GiB."""
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", MEASURE, *command], env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    return {"wall_seconds": seconds, "peak_rss_gib": int(done.stdout.strip().splitlines()[-1]) / 2**20}
-
-
-def stride_command(model: Path, train: Path, queries: Path, out: Path, threads: int, config: Path | None) -> list[str]:
-    command = ["-m", "stride", "attribute", "--model", str(model), "--train", str(train), "--queries", str(queries),
-               "--out", str(out), "--threads", str(threads), "--overwrite", "--quiet"]  # fmt: skip
-    return command + (["--config", str(config)] if config else [])
 
 
 def prepare(out: Path, sizes: list[int]) -> tuple[Path, Path, dict[int, Path]]:
@@ -132,7 +118,7 @@ def part_processes(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-PARTS = {"n": part_n, "recovery": part_recovery, "processes": part_processes}
+PARTS = {"size": part_size, "n": part_n, "recovery": part_recovery, "processes": part_processes}
 
 
 def main() -> int:
@@ -142,6 +128,7 @@ def main() -> int:
     parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 4000, 16000], help="training sizes of part n")
     parser.add_argument("--processes-n", type=int, default=2000, help="training examples of part processes")
     parser.add_argument("--threads", type=int, default=2)
+    add_size_options(parser)
     args = parser.parse_args()
     print("configuration:", json.dumps({**vars(args), "torch": torch.__version__, "cpus": os.cpu_count()}))
     out = Path(args.out)

@@ -194,6 +194,11 @@ def check_tokenizer_fits(model: nn.Module, tokenizer: Any, where: str | Path = "
         )
 
 
+def head_factor_fits(vocab: int) -> bool:
+    """Whether an output head of `vocab` outputs has a vocab x vocab float32 factor of at most HEAD_FACTOR_BYTES."""
+    return 4 * vocab * vocab <= HEAD_FACTOR_BYTES
+
+
 def tracked_module_set(model: nn.Module, which: str, method: str) -> str:
     """Resolve a curvature method's module set: "auto" is "all" (every linear layer, the output head
     included) unless the head's vocab x vocab float32 factor would exceed HEAD_FACTOR_BYTES, then
@@ -204,7 +209,7 @@ def tracked_module_set(model: nn.Module, which: str, method: str) -> str:
     head = hf_model.get_output_embeddings() if hasattr(hf_model, "get_output_embeddings") else None
     weight = getattr(head, "weight", None)
     vocab = 0 if weight is None else int(weight.shape[0] if isinstance(head, nn.Linear) else weight.shape[-1])
-    if 4 * vocab * vocab <= HEAD_FACTOR_BYTES:
+    if head_factor_fits(vocab):
         return "all"
     size = 4 * vocab * vocab / 2**30
     warnings.warn(f"{method}: the output head ({vocab} outputs) is not tracked, its factor would take {size:.0f} GiB; "
