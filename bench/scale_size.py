@@ -21,9 +21,11 @@ bench.cost_vs_size's does; STRIDE's operator training groups its batches by leng
 Two stated memory rules adapt STRIDE (each shape's record names what they chose):
 - the logit form is used while its bank of K operators with Adam (K x vocab x rank float32 numbers,
   three copies) takes at most `--size-logit-bank-gib`; above, the vocabulary-free form (hashed_logit with
-  1024 buckets, second-order measurement);
-- the operator-training batch is the default 16 examples unless a step's steered logits (batch x d x
-  context x vocab float32 numbers) would exceed `--size-step-logits-gib`; then it is as large as fits (>= 1).
+  1024 buckets, second-order training and measurement: no logits over the vocabulary per
+  (example, subset) pair);
+- with the logit form, the operator-training batch is the default 16 examples unless a step's steered
+  logits (batch x d x context x vocab float32 numbers) would exceed `--size-step-logits-gib`; then it
+  is as large as fits (>= 1).
 
 A measurement that fails or runs past `--size-timeout` seconds is recorded with its reason and the
 part goes on. OUT/size.json is written after every measurement; a rerun skips the measurements it
@@ -55,7 +57,8 @@ from stride.models import head_factor_fits, load_tokenizer
 DEFAULT_SHAPES = ["gpt2:2x128:1024", "gpt2:4x256:50257", "gpt2:6x512:50257", "gpt2:12x768:50257", "qwen2:4x896:151936"]
 METHODS = {"stride_one_design": "stride", "stride_default": "stride", "ekfac": "ekfac", "logra": "logra"}
 MEASUREMENTS = ["forward", *METHODS]  # the forward pass is the unit
-VOCABULARY_FREE = {"form": "hashed_logit", "output_rank": 1024, "measure_expansion": "second_order"}
+VOCABULARY_FREE = {"form": "hashed_logit", "output_rank": 1024, "measure_expansion": "second_order",
+                   "training_expansion": "second_order"}
 FORWARD = (
     "import json, sys, torch; from bench.cost_vs_size import forward_seconds; "
     "torch.set_num_threads(int(sys.argv[3])); print(json.dumps(forward_seconds(*sys.argv[1:3], int(sys.argv[4]))))"
@@ -164,7 +167,7 @@ def stride_rules(shape: Shape, context: int, args: argparse.Namespace) -> dict[s
     settings: dict[str, Any] = {} if bank <= args.size_logit_bank_gib * 2**30 else dict(VOCABULARY_FREE)
     per_example = 4 * defaults.subsets_per_example * context * shape.vocab
     batch = max(1, min(defaults.batch_size, int(args.size_step_logits_gib * 2**30 // per_example)))
-    if batch < defaults.batch_size:
+    if batch < defaults.batch_size and not settings:  # second-order training holds no steered logits
         settings["batch_size"] = batch
     return {"settings": settings, "logit_bank_gib": bank / 2**30, "step_logits_gib_per_example": per_example / 2**30}
 

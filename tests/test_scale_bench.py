@@ -24,9 +24,12 @@ def test_the_logit_form_is_kept_while_its_bank_fits_and_the_batch_shrinks_with_t
     small = stride_rules(Shape.parse("gpt2:2x64:1024"), 64, RULES)
     assert small["settings"] == {} and small["logit_bank_gib"] < 0.2
     gpt2 = stride_rules(Shape.parse("gpt2:12x768:50257"), 64, RULES)  # 9 GiB of operators with Adam
-    assert gpt2["settings"]["form"] == "hashed_logit" and gpt2["settings"]["batch_size"] == 4
+    assert gpt2["settings"]["form"] == "hashed_logit" and gpt2["settings"]["training_expansion"] == "second_order"
+    assert "batch_size" not in gpt2["settings"]  # second-order training holds no steered logits
     qwen = stride_rules(Shape.parse("qwen2:4x896:151936"), 64, RULES)
-    assert qwen["logit_bank_gib"] > 27 and qwen["settings"]["batch_size"] == 1
+    assert qwen["logit_bank_gib"] > 27 and qwen["settings"]["form"] == "hashed_logit"
+    roomy = argparse.Namespace(size_logit_bank_gib=100.0, size_step_logits_gib=1.0)
+    assert stride_rules(Shape.parse("gpt2:12x768:50257"), 64, roomy)["settings"] == {"batch_size": 4}
 
 
 def test_a_measured_command_that_fails_or_runs_too_long_is_recorded_with_its_reason():
