@@ -44,6 +44,17 @@ def test_partner_scores_are_the_mix_of_stride_and_the_partner(gpt2_dir, corpus, 
     assert all(stage["reused"] for name, stage in reused.items() if name != "hybrid")
     ranks = np.argsort(np.argsort(again.scores.numpy(), axis=1), axis=1)
     assert (ranks == np.argsort(np.argsort(partner.scores.numpy(), axis=1), axis=1)).mean() > 0.99
+    # new queries reuse both methods' training side (the partner's from its nested store)
+    attribute(gpt2_dir, corpus["train"], corpus["train"], tmp_path / "new_queries", reuse_from=tmp_path / "mixed",
+              config=StrideConfig(**SMALL, partner="logra"), seed=0, progress=False,
+              method_settings={"rank": 16})  # fmt: skip
+    stages = json.loads((tmp_path / "new_queries" / "info.json").read_text())["stages"]
+    assert (
+        stages["partner_logra_factors"]["reused"]
+        and stages["partner_train_features_0"]["reused"]
+        and stages["operators"]["reused"]
+    )
+    assert not stages["partner_scores"]["reused"]
 
 
 @pytest.mark.parametrize("config, message", [

@@ -281,10 +281,13 @@ class RunStore:
 
     def adopt_training_stages(self, other: str | Path) -> None:
         """Copy the finished stages of run folder `other` that do not read the queries, so that a
-        run on new queries reuses them; stages already here are kept."""
+        run on new queries reuses them; stages already here are kept. Run stores nested in its
+        stages folder (a STRIDE partner's) are adopted into the same places here."""
         source = Path(other) / STAGES
         if not source.is_dir():
             raise StrideError(f"no run folder to reuse at {other} (its {STAGES}/ folder is missing)")
+        for nested in sorted(source.glob(f"*/{STAGES}")):
+            RunStore(self._path(nested.parent.name)).adopt_training_stages(nested.parent)
         for meta in sorted(source.glob("*.json")):
             recorded = json.loads(meta.read_text())
             arrays = meta.with_suffix(".safetensors")
