@@ -40,19 +40,22 @@ def stored_scores(cell_root: Path, method: str) -> np.ndarray | None:
     return load_file(str(path))["scores"].double().numpy() if path.is_file() else None
 
 
-def cell_mixtures(cell_root: Path, cell: dict[str, Any], partners: list[str]) -> dict[str, float]:
-    """LDS of every mixture of one cell, keyed 'A+B@w' (and 'stride', each partner, the best baseline)."""
+def cell_mixtures(cell_root: Path, cell: dict[str, Any], partners: list[str]) -> tuple[dict[str, float], dict]:
+    """LDS of every mixture of one cell, keyed 'A+B@w' (w = 0: A alone), and the best single baseline's
+    LDS under 'best_baseline'; and each mixture's 95% bootstrap interval over queries."""
     subsets, losses = load_groundtruth(cell_root / f"groundtruth_m{cell['n_subsets']}_s{cell['n_seeds']}")
     scores = {m: s for m in ["stride", *partners] if (s := stored_scores(cell_root, m)) is not None}
     values: dict[str, float] = {}
+    intervals: dict[str, list[float]] = {}
     for first, second in [("stride", p) for p in partners] + list(itertools.combinations(partners, 2)):
         if first not in scores or second not in scores:
             continue
         for weight in WEIGHTS:
-            mixed = mix(scores[first], scores[second], weight)
-            values[f"{first}+{second}@{weight}"] = evaluate_lds(mixed, subsets, losses, seed=0).mean
+            report = evaluate_lds(mix(scores[first], scores[second], weight), subsets, losses, seed=0)
+            values[f"{first}+{second}@{weight}"] = report.mean
+            intervals[f"{first}+{second}@{weight}"] = [report.ci_low, report.ci_high]
     values["best_baseline"] = max(row["lds"] for m, row in cell["rows"].items() if m in BASELINE_NAMES)
-    return values
+    return values, intervals
 
 
 def half_means(per_cell: dict[str, dict[str, float]], halves: dict[str, str]) -> dict[str, dict[str, dict[str, float]]]:
@@ -78,12 +81,12 @@ def main() -> int:
     args = parser.parse_args()
     print("configuration:", json.dumps(vars(args)))
     matrix = json.loads((Path(args.out) / "matrix.json").read_text())["cells"]
-    per_cell, halves = {}, {}
+    per_cell, intervals, halves = {}, {}, {}
     for name, cell in matrix.items():
         root = Path(args.out) / name
         if not (root / "runs" / "stride" / "scores.safetensors").is_file():
             continue  # the classifier cell keeps no score matrices
-        per_cell[name] = cell_mixtures(root, cell, args.partners)
+        per_cell[name], intervals[name] = cell_mixtures(root, cell, args.partners)
         halves[name] = cell["half"]
         print(f"{name} ({cell['half']}): best baseline {per_cell[name]['best_baseline']:.3f}", flush=True)
     summary = half_means(per_cell, halves)
@@ -104,7 +107,8 @@ def main() -> int:
     per_cell_chosen = {name: {key: per_cell[name].get(key) for key in chosen.values()} for name in per_cell}
     print("per cell:", json.dumps(per_cell_chosen, indent=1))
     write_json(Path(args.out) / "mixtures.json", {"configuration": vars(args), "halves": halves, "per_cell": per_cell,
-                                                  "summary": summary, "chosen_on_half_A": chosen})  # fmt: skip
+                                                  "intervals": intervals, "summary": summary,
+                                                  "chosen_on_half_A": chosen})  # fmt: skip
     print(f"wrote {Path(args.out) / 'mixtures.json'}")
     return 0
 

@@ -26,7 +26,7 @@ def _attribute(args: argparse.Namespace) -> None:
     from stride.api import attribute
     from stride.config import method_options
 
-    config, method_settings = method_options(args.method, args.config)
+    config, method_settings = method_options(args.method, args.config, args.partner)
     if args.checkpoints:
         if args.method not in ENSEMBLE_METHODS:
             raise StrideError(f"--checkpoints is used by {', '.join(ENSEMBLE_METHODS)}, not by {args.method}")
@@ -225,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", required=True, help="output folder (run store)")
     sub.add_argument("--method", default="stride", help="attribution method (default: stride)")
     sub.add_argument("--config", help="JSON/YAML file of method settings")
+    sub.add_argument("--partner", metavar="METHOD",
+                     help="STRIDE: mix METHOD's scores into STRIDE's (e.g. astra; the setting `partner`; its weight "
+                          "is `partner_weight`, 0.7 by default)")  # fmt: skip
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--overwrite", action="store_true", help="replace a run with other settings in --out")
     sub.add_argument(

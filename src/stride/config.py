@@ -82,7 +82,8 @@ class StrideConfig:
             with w = `partner_weight`. None: STRIDE alone. The partner runs with its own defaults, or
             with the section named after it in the --config file; it runs on the CPU in float32, so
             the whole run does.
-        partner_weight: the partner's weight w in [0, 1].
+        partner_weight: the partner's weight w in [0, 1] (0.7: chosen with partner astra on half A of
+            the benchmark matrix, confirmed on half B; README "Benchmark").
     """
 
     form: str = "logit"
@@ -115,7 +116,7 @@ class StrideConfig:
     max_length: int | None = None
     checkpoint_every: int = 50
     partner: str | None = None
-    partner_weight: float = 0.5
+    partner_weight: float = 0.7
 
     def validate(self, n_train: int | None = None) -> None:
         """Raise StrideError naming the first setting of the wrong type or out of range."""
@@ -283,13 +284,18 @@ def read_mapping_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def method_options(method: str, config_path: str | Path | None) -> tuple[StrideConfig, dict[str, Any]]:
-    """STRIDE's config or another method's settings from a JSON/YAML file (a file may hold one section per method)."""
-    if not config_path:
-        return StrideConfig(), {}
-    values = read_mapping_file(config_path)
-    if method == "stride":  # its other setting is its partner's section, when the file has one
-        config = StrideConfig.from_file(config_path)
-        partner = values.get(config.partner) if config.partner else None
-        return config, partner if isinstance(partner, dict) else {}
-    return StrideConfig(), values.get(method, values)
+def method_options(method: str, config_path: str | Path | None,
+                   partner: str | None = None) -> tuple[StrideConfig, dict[str, Any]]:  # fmt: skip
+    """STRIDE's config or another method's settings from a JSON/YAML file (a file may hold one section
+    per method). For STRIDE, `partner` (a command-line choice) replaces the file's, and the other
+    settings returned are the partner's section of the file, when it has one."""
+    if partner is not None and method != "stride":
+        raise StrideError(f"--partner mixes another method into STRIDE's scores; the method is {method}")
+    values = read_mapping_file(config_path) if config_path else {}
+    if method != "stride":
+        return StrideConfig(), values.get(method, values)
+    config = StrideConfig.from_file(config_path) if config_path else StrideConfig()
+    if partner is not None:
+        config = dataclasses.replace(config, partner=partner)
+    section = values.get(config.partner) if config.partner else None
+    return config, section if isinstance(section, dict) else {}
