@@ -9,10 +9,11 @@ Part 2, scale: a Qwen2-0.5B-shaped model (24 blocks, width 896, 14 heads / 2 key
 MLP 4864, vocabulary 151,936; random initialisation, which changes no stage's amount of work) in
 bfloat16, 20,000 training sequences of 256 tokens (fortune entries packed together) and 200
 queries. STRIDE runs one design, one epoch, with the vocabulary-free hashed_logit form (1024
-buckets) and second-order measurement by default (the logit form's bank alone would take 27 GiB,
-with Adam, at this vocabulary), training batches of 4 examples: each is steered by its 20
-operators, so a step's logits are 80 x 256 x 151,936. It reports one plain forward pass over the
-training set, STRIDE's seconds per stage and the peak GPU memory (torch.cuda.max_memory_allocated).
+buckets), second-order training and measurement by default (the logit form's bank alone would
+take 27 GiB, with Adam, at this vocabulary; second-order training builds no logits over the
+vocabulary per (example, subset) pair), training batches of 16 examples. It reports one plain
+forward pass over the training set, STRIDE's seconds per stage and the peak GPU memory
+(torch.cuda.max_memory_allocated).
 
 Prints its configuration and figures and writes OUT/gpu_check.json after each part, so a run cut
 short keeps what it measured.
@@ -141,7 +142,8 @@ def scale(out: Path, device: torch.device, args: argparse.Namespace) -> dict[str
                               "dtype": args.dtype}  # fmt: skip
     result["forward_pass_seconds"] = forward_pass_seconds(model_dir, train, device, dtype, length, 64)
     config = StrideConfig(form=args.form, output_rank=args.output_rank, measure_expansion=args.measure,
-                          designs=1, epochs=args.epochs, batch_size=args.batch_size, max_length=length,
+                          training_expansion=args.training_expansion, designs=1, epochs=args.epochs,
+                          batch_size=args.batch_size, max_length=length,
                           n_subsets=100 if args.smoke else 1000)  # fmt: skip
     result["stride_settings"] = asdict(config)
     if device.type == "cuda":
@@ -167,12 +169,8 @@ def main() -> int:
     )
     parser.add_argument("--output-rank", type=int, default=1024, help="hashed_logit buckets / shared_logit rank")
     parser.add_argument("--measure", default="second_order", help="measure_expansion of part 2")
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=4,
-        help="operator-training batch (x 20 memberships x 256 tokens x 152k vocabulary logits)",
-    )
+    parser.add_argument("--training-expansion", default="second_order", help="training_expansion of part 2")
+    parser.add_argument("--batch-size", type=int, default=16, help="operator-training batch (part 2)")
     parser.add_argument("--n-train", type=int, default=20_000)
     parser.add_argument("--n-queries", type=int, default=200)
     parser.add_argument("--length", type=int, default=256, help="tokens per sequence (part 2)")

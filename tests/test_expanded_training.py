@@ -90,3 +90,23 @@ def test_second_order_training_is_refused_for_other_forms_and_with_the_linearity
         StrideConfig(training_expansion="second_order").validate()
     with pytest.raises(StrideError, match="needs form 'hashed_logit' and linearity_weight 0"):
         StrideConfig(form=HASHED_LOGIT, training_expansion="second_order", linearity_weight=0.1).validate()
+
+
+def test_form_auto_takes_hashed_logit_above_16384_outputs(gpt2_dir, corpus, tmp_path):
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=17_000, n_embd=32, n_layer=2, n_head=2, n_positions=64))
+    model.save_pretrained(tmp_path / "model")
+    AutoTokenizer.from_pretrained(gpt2_dir).save_pretrained(tmp_path / "model")
+    config = StrideConfig(n_subsets=48, subsets_per_example=6, rank=4, epochs=1, designs=1, cv_queries=4)
+    assert config.form == "auto"
+    with pytest.warns(UserWarning, match="form auto: the model has 17000 outputs"):
+        result = attribute(tmp_path / "model", corpus["train"], corpus["queries"], tmp_path / "run", config=config,
+                           seed=0, progress=False)  # fmt: skip
+    assert torch.isfinite(result.scores).all()
+    record = json.loads((tmp_path / "run" / "stages" / "operators.json").read_text())["arguments"]
+    assert (record["form"], record["output_rank"], record["training_expansion"]) == ("hashed_logit", 1024, "second_order")
+    assert result.info["settings"]["measure_expansion"] == "second_order"
+    # the benchmark models' vocabularies stay with the logit form
+    assert StrideConfig().resolved(1024).form == "logit"

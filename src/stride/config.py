@@ -16,6 +16,9 @@ from typing import Any
 from stride.errors import StrideError
 
 FORMS = ("residual", "logit", "shared_logit", "hashed_logit")
+AUTO_FORM = "auto"
+AUTO_LOGIT_VOCABULARY = 16_384  # form "auto": the logit form up to this many outputs, hashed_logit above
+AUTO_BUCKETS = 1024  # form "auto": hashed_logit's buckets
 EXPANSIONS = ("exact", "second_order")
 OUTPUT_INITS = ("random", "head")
 LAMBDA_RULES = ("cv", "fixed")
@@ -27,7 +30,9 @@ class StrideConfig:
     """Every knob of STRIDE; the defaults are the ones documented in README.md.
 
     Attributes:
-        form: "residual" (h' = h + a_k B h at one decoder block), "logit" (o' = o + a_k B h, a_k
+        form: "auto" (default: "logit" up to a 16,384-token vocabulary; above it "hashed_logit" with
+            1024 buckets, second-order training and measurement, whose memory and cost do not grow
+            with the vocabulary), "residual" (h' = h + a_k B h at one decoder block), "logit" (o' = o + a_k B h, a_k
             vocab x r) or "shared_logit" (o' = o + U a_k B h, a_k r' x r, U vocab x r' shared by all
             operators: memory per operator independent of the vocabulary) or "hashed_logit" (o' = o +
             S a_k B h, a_k m x r with m = output_rank buckets, S a fixed random signed hashing of the
@@ -86,7 +91,7 @@ class StrideConfig:
             the benchmark matrix, confirmed on half B; README "Benchmark").
     """
 
-    form: str = "logit"
+    form: str = AUTO_FORM
     layer: int | str | None = None
     rank: int = 16
     output_rank: int = 32
@@ -121,21 +126,22 @@ class StrideConfig:
     def validate(self, n_train: int | None = None) -> None:
         """Raise StrideError naming the first setting of the wrong type or out of range."""
         check_field_types(self, "STRIDE setting")
-        if self.form not in FORMS:
-            raise StrideError(f"form must be one of {FORMS}, got {self.form!r}")
+        if self.form not in (*FORMS, AUTO_FORM):
+            raise StrideError(f"form must be one of {(*FORMS, AUTO_FORM)}, got {self.form!r}")
         if self.output_init not in OUTPUT_INITS:
             raise StrideError(f"output_init must be one of {OUTPUT_INITS}, got {self.output_init!r}")
         if self.output_init == "head" and self.form != "shared_logit":
             raise StrideError(f"output_init 'head' needs form 'shared_logit', got {self.form!r}")
         if self.measure_expansion not in EXPANSIONS:
             raise StrideError(f"measure_expansion must be one of {EXPANSIONS}, got {self.measure_expansion!r}")
-        if self.measure_expansion == "second_order" and self.form not in ("shared_logit", "hashed_logit"):
+        if self.measure_expansion == "second_order" and self.form not in ("shared_logit", "hashed_logit", AUTO_FORM):
             raise StrideError(
                 f"measure_expansion 'second_order' needs form 'shared_logit' or 'hashed_logit', got {self.form!r}"
             )
         if self.training_expansion not in EXPANSIONS:
             raise StrideError(f"training_expansion must be one of {EXPANSIONS}, got {self.training_expansion!r}")
-        if self.training_expansion == "second_order" and (self.form != "hashed_logit" or self.linearity_weight > 0):
+        expandable = self.form in ("hashed_logit", AUTO_FORM) and self.linearity_weight == 0
+        if self.training_expansion == "second_order" and not expandable:
             raise StrideError("training_expansion 'second_order' needs form 'hashed_logit' and linearity_weight 0, "
                               f"got {self.form!r} and {self.linearity_weight}")  # fmt: skip
         if self.lambda_rule not in LAMBDA_RULES:
@@ -172,6 +178,17 @@ class StrideConfig:
                 f"n_subsets (K={self.n_subsets}) is larger than n_train x d = "
                 f"{n_train * self.subsets_per_example}: some subsets would be empty; lower K or raise d"
             )
+
+    def resolved(self, output_size: int) -> StrideConfig:
+        """These settings with form "auto" made concrete for a model of `output_size` outputs (its
+        vocabulary): "logit" up to AUTO_LOGIT_VOCABULARY, else "hashed_logit" with AUTO_BUCKETS
+        buckets and second-order training and measurement. Other forms are kept as they are."""
+        if self.form != AUTO_FORM:
+            return self
+        if output_size <= AUTO_LOGIT_VOCABULARY:
+            return dataclasses.replace(self, form="logit")
+        return dataclasses.replace(self, form="hashed_logit", output_rank=AUTO_BUCKETS,
+                                   measure_expansion="second_order", training_expansion="second_order")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

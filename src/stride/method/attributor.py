@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from stride.attributor import Attributor, MethodContext
-from stride.config import StrideConfig
+from stride.config import AUTO_LOGIT_VOCABULARY, StrideConfig
 from stride.core.device import model_device
 from stride.core.sparse_rows import SparseRows
 from stride.core.topk import TopScores, chunk_rows, top_scores
@@ -133,9 +133,20 @@ class StrideAttributor(Attributor):
         precision = {} if dtype == torch.float32 else {"model_dtype": str(dtype).removeprefix("torch.")}
         return {"model": self.model_digest, "train": self.train_digest_, **precision, **more}
 
+    def _resolve_form(self, train: Examples) -> None:
+        """Make form "auto" concrete for this model's output size (see StrideConfig.resolved)."""
+        _, output_size = self.steered_.sizes(train.batch([0]))
+        resolved = self.config.resolved(output_size)
+        if resolved.form != self.config.form and resolved.form != LOGIT:
+            warnings.warn(f"form auto: the model has {output_size} outputs, more than {AUTO_LOGIT_VOCABULARY}, so "
+                          f"the operators take the hashed_logit form ({resolved.output_rank} buckets, second-order "
+                          "training and measurement); set form to choose another", stacklevel=3)  # fmt: skip
+        self.config = resolved
+        self.config.validate(len(train))
+
     def prepare(self, train: Examples) -> None:
         """Draw each design's membership and train (or load) its operators on `train`."""
-        self.config.validate(len(train))
+        self._resolve_form(train)
         self.train_digest_ = train.digest
         self.designs_ = [self._prepare_design(train, design) for design in range(self.config.designs)]
         if self._first_order_weight(len(train)) != 0.0:
@@ -162,7 +173,7 @@ class StrideAttributor(Attributor):
     def compute_shard(self, train: Examples, queries: Examples, shard: Shard) -> None:
         """This process's parts of a sharded run (`stride.distributed`): train and measure the designs
         it owns, or make the first-order features; every stage lands in the shared run folder."""
-        self.config.validate(len(train))
+        self._resolve_form(train)
         self.train_digest_ = train.digest
         for design in range(self.config.designs):
             if shard.owns(design):
