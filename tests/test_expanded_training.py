@@ -87,7 +87,9 @@ def test_second_order_training_through_the_pipeline(gpt2_dir, corpus, tmp_path):
 
 def test_second_order_training_is_refused_for_other_forms_and_with_the_linearity_term():
     with pytest.raises(StrideError, match="needs form 'hashed_logit' and linearity_weight 0"):
-        StrideConfig(training_expansion="second_order").validate()
+        StrideConfig(form="logit", training_expansion="second_order").validate()
+    with pytest.raises(StrideError, match="needs form 'hashed_logit' and linearity_weight 0"):  # auto took logit
+        StrideConfig(training_expansion="second_order").resolved(1024).validate()
     with pytest.raises(StrideError, match="needs form 'hashed_logit' and linearity_weight 0"):
         StrideConfig(form=HASHED_LOGIT, training_expansion="second_order", linearity_weight=0.1).validate()
 

@@ -237,7 +237,7 @@ def test_second_order_measurement_through_the_pipeline_tracks_the_exact_one(gpt2
     correlation = (centred[0] * centred[1]).sum(1) / (centred[0].norm(dim=1) * centred[1].norm(dim=1))
     assert correlation.min() > 0.9, correlation
     with pytest.raises(StrideError, match="needs form 'shared_logit' or 'hashed_logit'"):
-        StrideConfig(measure_expansion="second_order").validate()
+        StrideConfig(form="logit", measure_expansion="second_order").validate()
 
 
 def test_head_initialised_output_basis_spans_the_heads_top_directions(lm):
