@@ -158,6 +158,8 @@ def run_regime(name: str, args: argparse.Namespace, methods: list[str]) -> list[
     for method in methods:
         settings = args.method_settings.get(method, default_settings.get(method, {}))
         config = StrideConfig.from_dict(settings) if method == "stride" else StrideConfig()
+        if method == "stride":  # STRIDE's other settings are its partner's, when it has one
+            settings = args.method_settings.get(config.partner, {}) if config.partner else {}
         out = root / "runs" / f"{method}{args.tag}"
         result = attribute(model, data["train"], data["queries"], out, method=method, config=config,
                            threads=args.threads, method_settings=settings, overwrite=True)  # fmt: skip

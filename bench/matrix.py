@@ -144,6 +144,8 @@ def run_method(method: str, model: Path, data: dict[str, Path], root: Path, trut
     """One method's run folder (finished stages reused) and its LDS against the cell's ground truth."""
     settings = args.method_settings.get(method, default_settings.get(method, {}))
     config = StrideConfig.from_dict(settings) if method == "stride" else StrideConfig()
+    if method == "stride":  # STRIDE's other settings are its partner's, when it has one
+        settings = args.method_settings.get(config.partner, {}) if config.partner else {}
     out = root / "runs" / run_name(method, args)
     try:
         result = attribute(model, data["train"], data["queries"], out, method=method, config=config,
