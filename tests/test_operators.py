@@ -106,14 +106,18 @@ def test_zero_operators_are_the_base_model_and_gradients_reach_every_a_k(lm):
     assert bank.output_basis.grad.abs().sum() == 0  # U only moves once some a_k is nonzero
 
 
-def test_training_lowers_the_fidelity_loss_and_is_deterministic(lm):
+@pytest.mark.parametrize("settings", [
+    dict(form=SHARED_LOGIT, output_rank=8, stability_weight=0.0),
+    dict(form=HASHED_LOGIT, output_rank=64, training_expansion="second_order"),  # fidelity is the expanded loss
+])  # fmt: skip
+def test_training_lowers_the_fidelity_loss_and_is_deterministic(lm, settings):
     model, data, steered = lm
-    config = StrideConfig(form=SHARED_LOGIT, output_rank=8, n_subsets=8, subsets_per_example=2, rank=4, epochs=3,
-                          batch_size=16, learning_rate=3e-2, stability_weight=0.0)  # fmt: skip
+    config = StrideConfig(n_subsets=8, subsets_per_example=2, rank=4, epochs=3, batch_size=16, learning_rate=3e-2,
+                          **settings)  # fmt: skip
     table = example_subsets(len(data), config.n_subsets, config.subsets_per_example, 0)
     banks, logs = [], []
     for _ in range(2):
-        bank = OperatorBank(SHARED_LOGIT, 8, model.config.hidden_size, 4, model.config.vocab_size, 0, 8)
+        bank = OperatorBank(config.form, 8, model.config.hidden_size, 4, model.config.vocab_size, 0, config.output_rank)
         torch.manual_seed(0)
         logs.append(OperatorTrainer(steered, bank, data, table, config, 0).train(progress=False))
         banks.append(bank)
