@@ -18,11 +18,11 @@ operators are trained on the loss they are measured with.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 
 from stride.data import Batch
+from stride.method.expansion import bucket_sums, token_weights
 from stride.method.operators import OperatorBank
 
 
@@ -41,17 +41,10 @@ class BucketMoments:
 @torch.no_grad()
 def bucket_moments(bank: OperatorBank, logits: torch.Tensor, batch: Batch) -> BucketMoments:
     """The moments of a hashed_logit bank's buckets under the base logits [rows, T, vocab] of `batch`."""
-    buckets, signs = cast(torch.Tensor, bank.buckets), cast(torch.Tensor, bank.signs)
-    n_buckets = bank.coefficients.shape[1]
     predicting, targets = logits[:, :-1].float(), batch.input_ids[:, 1:]
-    mask = batch.loss_mask[:, 1:].float()
-    weights = mask / mask.sum(1, keepdim=True).clamp_min(1.0)
+    weights = token_weights(batch)
     log_probs = torch.log_softmax(predicting, dim=-1)
-    probs = log_probs.exp()
-    rows, length, _ = probs.shape
-    mass = probs.new_zeros(rows, length, n_buckets).index_add_(2, buckets, probs)
-    mean = probs.new_zeros(rows, length, n_buckets).index_add_(2, buckets, probs * signs)
-    slope = mean.scatter_add(2, buckets[targets][..., None], -signs[targets][..., None])
+    mass, mean, slope = bucket_sums(bank, log_probs.exp(), targets)
     base_losses = -(log_probs.gather(-1, targets[..., None])[..., 0] * weights).sum(1)
     return BucketMoments(slope, mass, mean, weights, base_losses)
 

@@ -57,6 +57,27 @@ def check_second_order(steered: Steered, bank: OperatorBank) -> None:
         )
 
 
+def token_weights(batch: Batch) -> torch.Tensor:
+    """Each predicting token's weight in its row's mean loss [rows, T - 1]: 1 / (scored tokens) on a
+    scored token, 0 elsewhere."""
+    mask = batch.loss_mask[:, 1:].float()
+    return mask / mask.sum(1, keepdim=True).clamp_min(1.0)
+
+
+def bucket_sums(bank: OperatorBank, probs: torch.Tensor,
+                targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """For a hashed_logit bank and next-token probabilities [rows, T, vocab] with their targets
+    [rows, T]: each bucket's mass q, the mean mu = S^T p and the loss slope mu - s(y) e_b(y), each
+    [rows, T, m]."""
+    buckets, signs = cast(torch.Tensor, bank.buckets), cast(torch.Tensor, bank.signs)
+    rows, length, _ = probs.shape
+    n_buckets = bank.coefficients.shape[1]
+    mass = probs.new_zeros(rows, length, n_buckets).index_add_(2, buckets, probs)
+    mean = probs.new_zeros(rows, length, n_buckets).index_add_(2, buckets, probs * signs)
+    slope = mean.scatter_add(2, buckets[targets][..., None], -signs[targets][..., None])
+    return mass, mean, slope
+
+
 def _u_moments(probs: torch.Tensor, output_basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean U^T p [tokens, r'] and second moment U^T diag(p) U [tokens, r', r'] of U's rows under each
     row of `probs` [tokens, vocab], a chunk of the vocabulary at a time."""
@@ -76,8 +97,7 @@ def query_terms(bank: OperatorBank, logits: torch.Tensor, hidden: torch.Tensor,
     assert bank.output_basis is not None  # check_second_order: shared_logit banks have one
     output_basis = bank.output_basis.float()
     predicting, targets = logits[:, :-1].float(), batch.input_ids[:, 1:]
-    mask = batch.loss_mask[:, 1:].float()
-    weights = mask / mask.sum(1, keepdim=True).clamp_min(1.0)
+    weights = token_weights(batch)
     n, length, vocab = predicting.shape
     mean, second = _u_moments(torch.softmax(predicting, dim=-1).reshape(-1, vocab), output_basis)
     rank_out = output_basis.shape[1]
@@ -98,17 +118,13 @@ def query_terms(bank: OperatorBank, logits: torch.Tensor, hidden: torch.Tensor,
 def hashed_responses(bank: OperatorBank, logits: torch.Tensor, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Second-order responses [n, K] of hashed_logit operators (see the module docstring) from the
     base logits [n, T, vocab] and steered-place representation [n, T, d_model] of `batch`."""
-    buckets, signs = cast(torch.Tensor, bank.buckets), cast(torch.Tensor, bank.signs)
     coefficients = bank.coefficients.float()  # [K, m, r]
     n_buckets = coefficients.shape[1]
     predicting, targets = logits[:, :-1].float(), batch.input_ids[:, 1:]
-    mask = batch.loss_mask[:, 1:].float()
-    weights = mask / mask.sum(1, keepdim=True).clamp_min(1.0)
+    weights = token_weights(batch)
     probs = torch.softmax(predicting, dim=-1)
     n, length, _ = probs.shape
-    mass = probs.new_zeros(n, length, n_buckets).index_add_(2, buckets, probs)  # q
-    mean = probs.new_zeros(n, length, n_buckets).index_add_(2, buckets, probs * signs)  # mu = S^T p
-    slope = mean.scatter_add(2, buckets[targets][..., None], -signs[targets][..., None])
+    mass, mean, slope = bucket_sums(bank, probs, targets)  # q, mu = S^T p, mu - s(y) e_b(y)
     codes = bank.codes(hidden[:, :-1].float())  # [n, T, r]
     weighted = weights[..., None] * codes
     linear = torch.einsum("kbr,nbr->nk", coefficients, slope.transpose(1, 2) @ weighted)

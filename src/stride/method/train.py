@@ -27,12 +27,11 @@ from tqdm.auto import tqdm
 from stride.config import StrideConfig
 from stride.errors import StrideError
 from stride.method.expanded_training import BucketMoments, bucket_moments, expanded_changes
+from stride.method.expansion import SECOND_ORDER
 from stride.method.membership import membership_matrix
 from stride.method.operators import HASHED_LOGIT, OperatorBank
 from stride.method.steering import Steered
 from stride.tasks import CausalLMTask, Examples
-
-SECOND_ORDER = "second_order"
 
 
 @dataclass
