@@ -38,7 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from stride.api import attribute, groundtruth, lds  # noqa: E402
-from stride.config import StrideConfig, read_mapping_file  # noqa: E402
+from stride.config import StrideConfig, partner_settings, read_mapping_file  # noqa: E402
 from stride.corpus import build_benchmark_corpus  # noqa: E402
 from stride.lm_training import LMRecipe, train_lm  # noqa: E402
 from stride.registry import available_methods  # noqa: E402
@@ -159,7 +159,7 @@ def run_regime(name: str, args: argparse.Namespace, methods: list[str]) -> list[
         settings = args.method_settings.get(method, default_settings.get(method, {}))
         config = StrideConfig.from_dict(settings) if method == "stride" else StrideConfig()
         if method == "stride":  # STRIDE's other settings are its partner's, when it has one
-            settings = args.method_settings.get(config.partner, {}) if config.partner else {}
+            settings = partner_settings(config, args.method_settings)
         out = root / "runs" / f"{method}{args.tag}"
         result = attribute(model, data["train"], data["queries"], out, method=method, config=config,
                            threads=args.threads, method_settings=settings, overwrite=True)  # fmt: skip

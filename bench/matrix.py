@@ -51,7 +51,7 @@ from safetensors.torch import load_file
 from bench.lds import cached_model_matches
 from bench.matrix_corpora import build_splits
 from stride.api import attribute, groundtruth, lds
-from stride.config import StrideConfig, read_mapping_file
+from stride.config import StrideConfig, partner_settings, read_mapping_file
 from stride.core.jsonio import write_json
 from stride.errors import StrideError
 from stride.lm_training import LMRecipe, train_lm
@@ -145,7 +145,7 @@ def run_method(method: str, model: Path, data: dict[str, Path], root: Path, trut
     settings = args.method_settings.get(method, default_settings.get(method, {}))
     config = StrideConfig.from_dict(settings) if method == "stride" else StrideConfig()
     if method == "stride":  # STRIDE's other settings are its partner's, when it has one
-        settings = args.method_settings.get(config.partner, {}) if config.partner else {}
+        settings = partner_settings(config, args.method_settings)
     out = root / "runs" / run_name(method, args)
     try:
         result = attribute(model, data["train"], data["queries"], out, method=method, config=config,

@@ -314,5 +314,11 @@ def method_options(method: str, config_path: str | Path | None,
     config = StrideConfig.from_file(config_path) if config_path else StrideConfig()
     if partner is not None:
         config = dataclasses.replace(config, partner=partner)
-    section = values.get(config.partner) if config.partner else None
-    return config, section if isinstance(section, dict) else {}
+    return config, partner_settings(config, values)
+
+
+def partner_settings(config: StrideConfig, sections: dict[str, Any]) -> dict[str, Any]:
+    """The settings of STRIDE's partner method: its section of `sections` (a mapping of method name ->
+    settings, as a config file holds them), {} without a partner or a section."""
+    section = sections.get(config.partner) if config.partner else None
+    return section if isinstance(section, dict) else {}
