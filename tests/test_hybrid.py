@@ -76,7 +76,7 @@ def test_auto_mix_is_off_when_first_order_features_would_not_fit_in_memory(gpt2_
     model, _ = load_causal_lm(gpt2_dir)
     attributor = StrideAttributor(model, StrideConfig(designs=2, first_order_dim=4096))
     fits = FIRST_ORDER_MEMORY // (4 * 4096)
-    assert attributor.n_parts(fits) == 3  # two designs and the first-order features
+    assert attributor.training_parts(fits) == 3  # two designs and the first-order features
     with pytest.warns(UserWarning, match="first-order mix is off"):
-        assert attributor.n_parts(fits + 1) == 2
-    assert StrideAttributor(model, StrideConfig(designs=2, first_order_weight=0.3)).n_parts(10**7) == 3
+        assert attributor.training_parts(fits + 1) == 2
+    assert StrideAttributor(model, StrideConfig(designs=2, first_order_weight=0.3)).training_parts(10**7) == 3

@@ -14,7 +14,15 @@ from stride.classifiers import attribute_classifier, classifier_config
 from stride.config import StrideConfig
 from stride.data import load_data
 from stride.errors import StrideError
-from stride.method.expansion import check_second_order, second_order_responses
+from stride.method import query_blocks
+from stride.method.expansion import (
+    EXACT,
+    SECOND_ORDER,
+    check_second_order,
+    measured_responses,
+    pass_queries,
+    second_order_responses,
+)
 from stride.method.first_order import first_order_family, restricted_gradients
 from stride.method.measure import query_responses
 from stride.method.membership import example_subsets
@@ -200,6 +208,25 @@ def test_second_order_responses_converge_to_the_exact_ones(lm, form):
         linear_error = float((_first_order_responses(steered, bank, queries) - exact).abs().max() / exact.abs().max())
         assert errors[-1] < 0.2 * linear_error, (scale, errors[-1], linear_error)
     assert errors[0] < 0.03 and errors[1] < errors[0] / 4, errors
+
+
+@pytest.mark.parametrize("expansion", [EXACT, SECOND_ORDER])
+def test_query_blocks_measure_as_all_queries_at_once(lm, expansion, monkeypatch):
+    """Blocks starting at multiples of a pass's queries (exact: 12 rows / K = 6 -> 2; second order: 8)
+    give those rows of the whole measurement, bit for bit."""
+    model, data, steered = lm
+    bank = OperatorBank(HASHED_LOGIT, 6, model.config.hidden_size, 4, model.config.vocab_size, 0, 5)
+    with torch.no_grad():
+        bank.coefficients.normal_(0, 0.02, generator=torch.Generator().manual_seed(1))
+    queries = query_blocks.QueryRange(data, 0, 21)
+    whole = measured_responses(steered, bank, queries, expansion, 12, progress=False)
+    monkeypatch.setattr(query_blocks, "QUERY_BLOCK", 3)
+    blocks = query_blocks.query_blocks(len(queries), pass_queries(expansion, len(queries), 6, 12))
+    assert len(blocks) == (6 if expansion == EXACT else 3)
+    parts = [measured_responses(steered, bank, query_blocks.QueryRange(data, start, stop), expansion, 12,
+                                progress=False) for start, stop in blocks]  # fmt: skip
+    for measured, stacked in zip(whole, map(torch.cat, zip(*parts))):
+        assert torch.equal(measured, stacked)
 
 
 @torch.no_grad()

@@ -124,8 +124,8 @@ def attribute(
                                 dict(method_settings or {}))  # fmt: skip
         attributor = create_attributor(method, context)  # validates the method's settings
         if shard is not None:
-            parts = attributor.n_parts(len(train))
-            check_parts(shard, parts, f"method {method}: {attributor.parts_description(len(train))}")
+            parts = attributor.n_parts(train, queries)
+            check_parts(shard, parts, f"method {method}: {attributor.parts_description(train, queries)}")
             stack.enter_context(process_group(shard, place))
 
         def claim() -> None:
@@ -136,7 +136,8 @@ def attribute(
 
         together(shard, claim, place)
         if shard is not None:
-            together(shard, lambda: attributor.compute_shard(train, queries, shard), place)
+            for phase in attributor.shard_phases(train, queries, shard):
+                together(shard, phase, place)
             if not shard.leader:
                 return AttributionResult(None, Path(out_dir), {"rank": shard.rank, "world_size": shard.world})
         attributor.prepare(train)

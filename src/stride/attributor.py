@@ -69,17 +69,18 @@ class Attributor(ABC):
     def score(self, queries: Examples) -> torch.Tensor:
         """The float32 score matrix [len(queries), n_train] of the prepared training set."""
 
-    def n_parts(self, n_train: int) -> int:
-        """Independent parts of the work on `n_train` examples that processes of a torchrun job can
-        share (1: no sharding)."""
+    def n_parts(self, train: Examples, queries: Examples) -> int:
+        """The most independent parts that any phase of a sharded run on these data has, which the
+        processes of a torchrun job share out (1: no sharding)."""
         return 1
 
-    def parts_description(self, n_train: int) -> str:
+    def parts_description(self, train: Examples, queries: Examples) -> str:
         """What the independent parts are, for messages."""
         return "it does not shard"
 
-    def compute_shard(self, train: Examples, queries: Examples, shard: Shard) -> None:
-        """This process's share of a sharded run (`stride.distributed`); only methods with n_parts() > 1."""
+    def shard_phases(self, train: Examples, queries: Examples, shard: Shard) -> list[Callable[[], None]]:
+        """This process's share of a sharded run (`stride.distributed`), as steps that every process
+        finishes before any starts the next; only methods with n_parts() > 1."""
         raise NotImplementedError(f"{self.name} does not shard over processes")
 
     def score_top(self, queries: Examples, k: int) -> TopScores:

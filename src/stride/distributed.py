@@ -1,12 +1,15 @@
 """One attribution run sharded over the processes of a torch.distributed job (`torchrun`).
 
-STRIDE's designs are independent: each process trains and measures the designs it owns (design d
-belongs to rank d mod world size; the first-order features, when the run uses them, count as one
-more part), writing their stages into the shared run folder. Rank 0 holds the folder's lock,
-claims it first, and once every rank has finished its parts it runs the ordinary single-process
-path, which finds every stage done and loads it, then recovers the scores and writes the outputs.
-Nothing but a one-byte failure flag travels between processes, so the scores are those of a
-single-process run with the same seed and thread count, and a killed job resumes from its stages.
+The run goes in phases (STRIDE's: `StrideAttributor.shard_phases`), and every process finishes a
+phase before any starts the next: STRIDE's designs are trained on the ranks that own them (design
+d on rank d mod world size; the first-order features, when the run uses them, count as one more
+part), then each design's measurement and recovery are split into query blocks, (design, query
+block) pairs shared round robin over all ranks. Every result is a stage in the shared run folder.
+Rank 0 holds the folder's lock, claims it first, and once every phase is done it runs the ordinary
+single-process path, which finds the stages (and the blocks) stored and loads them, then writes
+the outputs. Nothing but a one-byte failure flag travels between processes, so the scores are
+those of a single-process run with the same seed and thread count, and a killed job resumes from
+its stages and blocks.
 
 Backends: gloo on the CPU, NCCL on CUDA (each process then takes the GPU of its local rank).
 """
@@ -55,11 +58,12 @@ def current_shard() -> Shard | None:
 
 
 def check_parts(shard: Shard, n_parts: int, what: str) -> None:
-    """Refuse a world size larger than the number of independent parts: some ranks would idle."""
+    """Refuse a world size larger than the most independent parts of any phase: some ranks would
+    have nothing to do in every phase."""
     if shard.world > n_parts:
-        remedy = "run it as one process" if n_parts == 1 else f"start at most {n_parts} in all, or raise `designs`"
-        raise StrideError(f"torchrun started {shard.world} processes, but this run has {n_parts} independent "
-                          f"part(s) ({what}): {remedy}")  # fmt: skip
+        remedy = "run it as one process" if n_parts == 1 else f"start at most {n_parts} in all"
+        raise StrideError(f"torchrun started {shard.world} processes, but no phase of this run has more than "
+                          f"{n_parts} independent part(s) ({what}): {remedy}")  # fmt: skip
 
 
 def shard_device(shard: Shard, device: torch.device) -> torch.device:

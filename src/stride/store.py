@@ -262,12 +262,23 @@ class RunStore:
                 return f"its library file {relative} is missing or changed"
         return ""
 
+    def finished(self, stage: Stage) -> bool:
+        """Whether the stage is on disk, whole, with these arguments and inputs (see `_finished`)."""
+        return self._finished(stage) is not None
+
+    def load(self, stage: Stage) -> StageResult | None:
+        """A finished stage's arrays and info, or None when it is not on disk (see `_finished`)."""
+        info = self._finished(stage)
+        if info is None:
+            return None
+        tensors = load_file(str(self._path(stage.name, ".safetensors")))
+        return StageResult(tensors, info, True, info.get("seconds", 0.0))
+
     def run(self, stage: Stage, compute: Callable[[], StageOutput]) -> StageResult:
         """Load a finished stage, or compute it (from a clean folder) and save it; timed either way."""
-        info = self._finished(stage)
-        if info is not None:
-            tensors = load_file(str(self._path(stage.name, ".safetensors")))
-            return StageResult(tensors, info, True, info.get("seconds", 0.0))
+        finished = self.load(stage)
+        if finished is not None:
+            return finished
         shutil.rmtree(self._path(stage.name), ignore_errors=True)
         started = time.perf_counter()
         tensors, info = compute()

@@ -83,6 +83,11 @@ class SparseRows:
         total = sum((matrix.to(torch.float64).to_scipy() for matrix in matrices), sp.csr_matrix(matrices[0].shape))
         return SparseRows.from_scipy(total / len(matrices))
 
+    @staticmethod
+    def stack(matrices: list[SparseRows]) -> SparseRows:
+        """The rows of matrices of one width, one matrix after the other."""
+        return SparseRows.from_scipy(sp.vstack([matrix.to_scipy() for matrix in matrices], format="csr"))
+
     def tensors(self) -> dict[str, torch.Tensor]:
         """The arrays to store (safetensors), `shape` as an int64 pair."""
         return {

@@ -5,12 +5,20 @@ each go through these stages and their recovered scores are averaged.
 
 Each stage is stored in the run folder with its arguments, so a rerun skips finished stages and a
 run killed while training operators resumes from its last checkpoint.
+
+Measurement and recovery go query block by query block (`stride.method.query_blocks`): the processes
+of a torchrun job share them out (`shard_phases`), each block a partial stage of its own, and the
+design's whole stage, written by whichever process gets to it first, holds the same arrays as a
+single process's.
 """
 
 from __future__ import annotations
 
+import itertools
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -24,11 +32,12 @@ from stride.core.sparse_rows import SparseRows
 from stride.core.topk import TopScores, chunk_rows, top_scores
 from stride.distributed import Shard
 from stride.errors import StrideError
-from stride.method.expansion import measured_responses
+from stride.method.expansion import measured_responses, pass_queries
 from stride.method.first_order import first_order_family, restricted_gradients
 from stride.method.hybrid import cross_fitted_weight, mix
 from stride.method.membership import example_subsets, membership_matrix, subset_sizes
 from stride.method.operators import HASHED_LOGIT, LOGIT, SHARED_LOGIT, OperatorBank, head_output_basis
+from stride.method.query_blocks import QueryRange, block_stage, query_blocks
 from stride.method.recover import (
     CV_LAMBDAS,
     CV_SPAN,
@@ -49,7 +58,7 @@ from stride.method.stages import (
 from stride.method.train import OperatorTrainer
 from stride.registry import available_methods, create_attributor
 from stride.reproducibility import deterministic_algorithms
-from stride.store import QUERY_INPUT, STAGES, RunStore, Stage, StageOutput
+from stride.store import QUERY_INPUT, STAGES, RunStore, Stage, StageOutput, Tensors
 from stride.tasks import CausalLMTask, Examples, Task
 
 FIRST_ORDER_MEMORY = 4 * 2**30  # bytes of training-side first-order features that "auto" accepts (n = 262k)
@@ -161,26 +170,102 @@ class StrideAttributor(Attributor):
         self.timings.update({f"partner_{name}": seconds for name, seconds in self.partner.timings.items()})
         self.stage_info.update({f"partner_{name}": info for name, info in self.partner.stage_info.items()})
 
-    def n_parts(self, n_train: int) -> int:
-        """Independent parts a torchrun job can share out: the designs, and the first-order features
-        when the scores use them."""
+    def training_parts(self, n_train: int) -> int:
+        """Independent parts of a sharded run's training phase: the designs, and the first-order
+        features when the scores use them."""
         return self.config.designs + (self._first_order_weight(n_train) != 0.0)
 
-    def parts_description(self, n_train: int) -> str:
-        first_order = " and the first-order features" if self._first_order_weight(n_train) != 0.0 else ""
-        return f"{self.config.designs} design(s){first_order}"
+    def _phase_parts(self, train: Examples, queries: Examples) -> tuple[int, int, int]:
+        """Independent parts of a sharded run's training, measuring and recovery phases."""
+        self._resolve_form(train)
+        designs, n_queries = self.config.designs, len(queries)
+        return (self.training_parts(len(train)), designs * len(self._measure_blocks(n_queries)),
+                designs * len(query_blocks(n_queries)))  # fmt: skip
 
-    def compute_shard(self, train: Examples, queries: Examples, shard: Shard) -> None:
-        """This process's parts of a sharded run (`stride.distributed`): train and measure the designs
-        it owns, or make the first-order features; every stage lands in the shared run folder."""
+    def n_parts(self, train: Examples, queries: Examples) -> int:
+        return max(self._phase_parts(train, queries))
+
+    def parts_description(self, train: Examples, queries: Examples) -> str:
+        training, measuring, recovering = self._phase_parts(train, queries)
+        first_order = " and the first-order features" if training > self.config.designs else ""
+        return (f"{self.config.designs} design(s){first_order} to train, {measuring} (design, query block) "
+                f"pair(s) to measure, {recovering} to recover")  # fmt: skip
+
+    def shard_phases(self, train: Examples, queries: Examples, shard: Shard) -> list[Callable[[], None]]:
+        """This process's share of a sharded run (`stride.distributed`), as steps that every process
+        finishes before any starts the next: train the designs it owns (design d on rank d mod world
+        size; the first-order features are part `designs`), measure its (design, query block) pairs
+        (round robin over the ranks), store whole the responses of the designs it owns (rank 0 also
+        the cross-validated penalty), recover its (design, query block) pairs. Every result lands
+        in the run folder, where rank 0's single-process path then finds it."""
+        return [partial(self._train_shard, train, queries, shard),
+                partial(self._measure_shard, train, queries, shard),
+                partial(self._assemble_shard, queries, shard),
+                partial(self._recover_shard, queries, shard)]  # fmt: skip
+
+    def _train_shard(self, train: Examples, queries: Examples, shard: Shard) -> None:
         self._resolve_form(train)
         self.train_digest_ = train.digest
         for design in range(self.config.designs):
             if shard.owns(design):
-                self._design_responses(self._prepare_design(train, design), queries)
+                self._prepare_design(train, design)
         if self._first_order_weight(len(train)) != 0.0 and shard.owns(self.config.designs):
             self._prepare_first_order(train)
             self._first_order_query_features(queries)
+
+    def _measure_shard(self, train: Examples, queries: Examples, shard: Shard) -> None:
+        self.designs_ = [self._prepare_design(train, design) for design in range(self.config.designs)]  # all trained
+        stages = [self._response_stage(design, queries) for design in self.designs_]
+        for design, stage, start, stop in self._owned_blocks(stages, self._measure_blocks(len(queries)), shard):
+            self.store.run(block_stage(stage, start, stop), partial(self._measure, design, queries, start, stop))
+
+    def _assemble_shard(self, queries: Examples, shard: Shard) -> None:
+        for index, design in enumerate(self.designs_):
+            if shard.owns(index):
+                self._design_responses(design, queries)
+        if shard.leader:
+            self._shard_penalty(queries)
+
+    def _recover_shard(self, queries: Examples, shard: Shard) -> None:
+        penalty = self._shard_penalty(queries)
+        stages = [self._recovery_stage(design, queries, None if index == 0 else penalty)
+                  for index, design in enumerate(self.designs_)]  # fmt: skip
+        standardized: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for design, stage, start, stop in self._owned_blocks(stages, query_blocks(len(queries)), shard):
+            if design.name not in standardized:
+                standardized[design.name] = standardize(self._design_responses(design, queries)[0].double().numpy())
+            solve = partial(self._recover_block, design, *standardized[design.name], penalty, start, stop)
+            self.store.run(block_stage(stage, start, stop), solve)
+
+    def _owned_blocks(self, stages: list[Stage], blocks: list[tuple[int, int]],
+                      shard: Shard) -> list[tuple[Design, Stage, int, int]]:  # fmt: skip
+        """This process's (design, query block) pairs of a phase whose designs' stages are `stages`:
+        round robin over the ranks, leaving out the designs whose whole stage is finished."""
+        pairs = [(design, stage, start, stop) for design, stage in zip(self.designs_, stages, strict=True)
+                 if not self.store.finished(stage) for start, stop in blocks]  # fmt: skip
+        return [pair for index, pair in enumerate(pairs) if shard.owns(index)]
+
+    def _shard_penalty(self, queries: Examples) -> float:
+        """The penalty of every design's Lasso in a sharded run: the fixed one, the one design 0's
+        finished recovery recorded, or its cross-validated one, stored by the first process to ask
+        (rank 0, before the recovery phase)."""
+        design = self.designs_[0]
+        stage = self._recovery_stage(design, queries, None)
+        if stage.arguments.penalty is not None:
+            return stage.arguments.penalty
+        finished = self.store.load(stage)
+        if finished is not None:
+            return finished.info["lambda"]
+        responses, _ = self._design_responses(design, queries)
+        return self._cross_validated_penalty(design, stage, standardize(responses.double().numpy())[0], keep=True)
+
+    def _partial(self, stage: Stage, compute: Callable[[], StageOutput], keep: bool) -> Tensors:
+        """A partial result (a query block's, the penalty): computed and stored when `keep`; else
+        loaded when a sharded run stored it, or computed and not stored."""
+        if keep:
+            return self.store.run(stage, compute).tensors
+        finished = self.store.load(stage)
+        return finished.tensors if finished is not None else compute()[0]
 
     def _prepare_first_order(self, train: Examples) -> None:
         stage = Stage("first_order_train", self._first_order_args(), self._inputs())
@@ -238,20 +323,43 @@ class StrideAttributor(Attributor):
         operators = {field.name: getattr(design.operator_args, field.name) for field in fields(OperatorArguments)}
         return ResponseArguments(**operators, measure_expansion=None if expansion == "exact" else expansion)
 
+    def _measure_blocks(self, n_queries: int) -> list[tuple[int, int]]:
+        config = self.config
+        per_pass = pass_queries(config.measure_expansion, n_queries, config.n_subsets, config.measure_rows)
+        return query_blocks(n_queries, per_pass)
+
+    def _response_stage(self, design: Design, queries: Examples) -> Stage:
+        return Stage("responses" + design.suffix, self._response_args(design),
+                     self._inputs(**{QUERY_INPUT: queries.digest}))  # fmt: skip
+
     def _design_responses(self, design: Design, queries: Examples) -> tuple[torch.Tensor, torch.Tensor]:
-        stage = Stage("responses" + design.suffix, self._response_args(design),
-                      self._inputs(**{QUERY_INPUT: queries.digest}))  # fmt: skip
-
-        def measure() -> StageOutput:
-            bank, config = self.banks_[design.name], self.config
-            responses, base = measured_responses(self.steered_, bank, queries, config.measure_expansion,
-                                                 config.measure_rows, self.progress)  # fmt: skip
-            if not torch.isfinite(responses).all() or not torch.isfinite(base).all():
-                raise StrideError("non-finite (NaN/inf) query losses: check the model and the queries")
-            return {"responses": responses, "base_losses": base}, {"n_queries": len(queries)}
-
-        tensors, _ = self._stage(stage, measure)
+        stage = self._response_stage(design, queries)
+        tensors, _ = self._stage(stage, partial(self._assembled_responses, design, queries, stage))
         return tensors["responses"], tensors["base_losses"]
+
+    def _assembled_responses(self, design: Design, queries: Examples, stage: Stage) -> StageOutput:
+        """Every query's responses: the query blocks a sharded run stored, the others measured here
+        (each run of consecutive missing blocks in one go)."""
+        blocks = [(start, stop, self.store.load(block_stage(stage, start, stop)))
+                  for start, stop in self._measure_blocks(len(queries))]  # fmt: skip
+        parts = []
+        for missing, group in itertools.groupby(blocks, key=lambda block: block[2] is None):
+            run = list(group)
+            if missing:
+                parts.append(self._measure(design, queries, run[0][0], run[-1][1])[0])
+            else:
+                parts.extend(stored.tensors for _, _, stored in run)  # type: ignore[union-attr]  # not None here
+        measured = {name: torch.cat([part[name] for part in parts]) for name in ("responses", "base_losses")}
+        return measured, {"n_queries": len(queries)}
+
+    def _measure(self, design: Design, queries: Examples, start: int, stop: int) -> StageOutput:
+        """The responses of queries start..stop to the design's operators, and their base measurements."""
+        bank, config = self.banks_[design.name], self.config
+        responses, base = measured_responses(self.steered_, bank, QueryRange(queries, start, stop),
+                                             config.measure_expansion, config.measure_rows, self.progress)  # fmt: skip
+        if not torch.isfinite(responses).all() or not torch.isfinite(base).all():
+            raise StrideError("non-finite (NaN/inf) query losses: check the model and the queries")
+        return {"responses": responses, "base_losses": base}, {"n_queries": stop - start}
 
     def responses(self, queries: Examples) -> tuple[torch.Tensor, torch.Tensor]:
         """Measurement drops [n_queries, designs x K] under each operator (design by design) and the
@@ -259,11 +367,9 @@ class StrideAttributor(Attributor):
         measured = [self._design_responses(design, queries) for design in self._prepared()]
         return torch.cat([responses for responses, _ in measured], dim=1), measured[0][1]
 
-    def _design_scores(self, design: Design, queries: Examples,
-                       penalty: float | None) -> tuple[SparseRows, float, torch.Tensor]:  # fmt: skip
-        """One design's Lasso scores (sparse), its penalty (None: chosen by the lambda rule, else
-        reused) and the responses they were recovered from."""
-        responses, _ = self._design_responses(design, queries)
+    def _recovery_stage(self, design: Design, queries: Examples, penalty: float | None) -> Stage:
+        """A design's recovery stage; `penalty`: the one reused from design 0 (None: chosen by
+        cross-validation on this design; the fixed rule's replaces either)."""
         config = self.config
         if config.lambda_rule == "fixed":
             penalty = config.lasso_lambda
@@ -273,20 +379,55 @@ class StrideAttributor(Attributor):
             self._response_args(design), config.lambda_rule, penalty, config.cv_queries if cross_validated else None,
             CV_LAMBDAS if cross_validated else None, CV_SPAN if cross_validated else None, SOLVERS[solver],
         )  # fmt: skip
+        return Stage("recovery" + design.suffix, arguments, self._inputs(**{QUERY_INPUT: queries.digest}))
 
-        def recover() -> StageOutput:
-            standardized, scales = standardize(responses.double().numpy())
-            chosen = penalty
-            if chosen is None:
-                chosen = cross_validated_lambda(design.table, config.n_subsets, standardized, config.cv_queries,
-                                                design.seed, solver)  # fmt: skip
-            scores = lasso_scores(design.table, config.n_subsets, standardized, scales, chosen, solver)
-            info = {"lambda": chosen, "nonzero_fraction": scores.nnz / max(scores.shape[0] * scores.shape[1], 1)}
-            return scores.tensors(), info
-
-        stage = Stage("recovery" + design.suffix, arguments, self._inputs(**{QUERY_INPUT: queries.digest}))
-        tensors, info = self._stage(stage, recover)
+    def _design_scores(self, design: Design, queries: Examples,
+                       penalty: float | None) -> tuple[SparseRows, float, torch.Tensor]:  # fmt: skip
+        """One design's Lasso scores (sparse), its penalty (None: chosen by the lambda rule, else
+        reused) and the responses they were recovered from."""
+        responses, _ = self._design_responses(design, queries)
+        stage = self._recovery_stage(design, queries, penalty)
+        tensors, info = self._stage(stage, partial(self._recover, design, stage, responses))
         return SparseRows.from_tensors(tensors), info["lambda"], responses
+
+    def _recover(self, design: Design, stage: Stage, responses: torch.Tensor) -> StageOutput:
+        """A design's Lasso scores, in blocks of QUERY_BLOCK queries (those a sharded run stored are
+        loaded). scikit-learn's solver fits every query alone, so its blocks change nothing; the
+        batched solver fits a block's queries together, in lockstep, and a query's solution moves
+        with the others within the solver's tolerance: so one process solves the same fixed blocks
+        as a sharded run, and the two agree bit for bit."""
+        standardized, scales = standardize(responses.double().numpy())
+        penalty = stage.arguments.penalty
+        if penalty is None:
+            penalty = self._cross_validated_penalty(design, stage, standardized, keep=False)
+        blocks = [self._partial(block_stage(stage, start, stop),
+                                partial(self._recover_block, design, standardized, scales, penalty, start, stop),
+                                keep=False)
+                  for start, stop in query_blocks(len(standardized))]  # fmt: skip
+        scores = SparseRows.stack([SparseRows.from_tensors(block) for block in blocks])
+        info = {"lambda": penalty, "nonzero_fraction": scores.nnz / max(scores.shape[0] * scores.shape[1], 1)}
+        return scores.tensors(), info
+
+    def _recover_block(self, design: Design, standardized: np.ndarray, scales: np.ndarray, penalty: float,
+                       start: int, stop: int) -> StageOutput:  # fmt: skip
+        """The Lasso scores of queries start..stop (`recover.lasso_scores`)."""
+        solver = resolve_solver(self.config.lasso_solver, len(design.table))
+        scores = lasso_scores(design.table, self.config.n_subsets, standardized[start:stop], scales[start:stop],
+                              penalty, solver)  # fmt: skip
+        return scores.tensors(), {}
+
+    def _cross_validated_penalty(self, design: Design, stage: Stage, standardized: np.ndarray, keep: bool) -> float:
+        """The penalty chosen by cross-validation on design 0's standardized responses (`stage`: its
+        recovery stage), as the partial stage "penalty" (see `_partial`)."""
+        config = self.config
+        solver = resolve_solver(config.lasso_solver, len(design.table))
+
+        def choose() -> StageOutput:
+            chosen = cross_validated_lambda(design.table, config.n_subsets, standardized, config.cv_queries,
+                                            design.seed, solver)  # fmt: skip
+            return {"penalty": torch.tensor(chosen, dtype=torch.float64)}, {"lambda": chosen}
+
+        return float(self._partial(replace(stage, name="penalty"), choose, keep)["penalty"])
 
     def _first_order_weight(self, n_train: int) -> float | None:
         """The configured mixing weight; None: to be cross-fitted ("auto" with several designs, while

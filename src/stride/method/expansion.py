@@ -33,13 +33,14 @@ from tqdm.auto import tqdm
 
 from stride.data import Batch
 from stride.errors import StrideError
-from stride.method.measure import query_responses
+from stride.method.measure import queries_per_pass, query_responses
 from stride.method.operators import HASHED_LOGIT, SHARED_LOGIT, OperatorBank
 from stride.method.steering import Steered
 from stride.tasks import CausalLMTask, Examples
 
 EXACT = "exact"
 SECOND_ORDER = "second_order"
+SECOND_ORDER_QUERIES = 8  # queries per pass of the second-order measurement
 VOCAB_CHUNK = 8192  # vocabulary rows per step of U^T diag(p) U (bounds its [tokens, chunk, r'^2] product)
 
 
@@ -139,7 +140,8 @@ def hashed_responses(bank: OperatorBank, logits: torch.Tensor, hidden: torch.Ten
 
 
 @torch.no_grad()
-def second_order_responses(steered: Steered, bank: OperatorBank, queries: Examples, queries_per_pass: int = 8,
+def second_order_responses(steered: Steered, bank: OperatorBank, queries: Examples,
+                           queries_per_pass: int = SECOND_ORDER_QUERIES,
                            progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Approximate drops of the queries' measurement [n_queries, K] under each shared_logit or
     hashed_logit operator of `bank` (second order in the logit shift), and the exact base values
@@ -162,6 +164,15 @@ def second_order_responses(steered: Steered, bank: OperatorBank, queries: Exampl
         second = torch.einsum("nkj,kj->nk", coefficients @ quadratic, coefficients)
         responses[indices] = -(first + 0.5 * second).cpu()
     return responses, base_losses
+
+
+def pass_queries(expansion: str, n_queries: int, n_subsets: int, rows_per_pass: int) -> int:
+    """How many queries one pass of `measured_responses` holds. Passes start at multiples of it and
+    each query's responses depend only on its own pass, so queries start..stop (start a multiple of
+    it) measure as those rows of a measurement of all queries, bit for bit."""
+    if expansion == SECOND_ORDER:
+        return SECOND_ORDER_QUERIES
+    return queries_per_pass(n_queries, n_subsets, rows_per_pass)
 
 
 def measured_responses(steered: Steered, bank: OperatorBank, queries: Examples, expansion: str, rows_per_pass: int,

@@ -14,6 +14,12 @@ from stride.method.steering import Steered
 from stride.tasks import Examples
 
 
+def queries_per_pass(n_queries: int, n_subsets: int, rows_per_pass: int) -> int:
+    """How many queries one measuring pass holds: with K >= rows_per_pass one (its operators then
+    take several passes), else as many as fit K rows each."""
+    return max(1, min(n_queries, rows_per_pass // min(n_subsets, rows_per_pass)))
+
+
 @torch.no_grad()
 def query_responses(
     steered: Steered, bank: OperatorBank, queries: Examples, rows_per_pass: int = 256, progress: bool = True
@@ -21,14 +27,14 @@ def query_responses(
     """Drops of the task's measurement [n_queries, K] under each operator of `bank`, and its base values
     [n_queries], on the CPU (the passes run on the bank's and the model's device)."""
     n_subsets, device = bank.n_subsets, bank.basis.device
-    queries_per_pass = max(1, min(len(queries), rows_per_pass // min(n_subsets, rows_per_pass)))
-    subsets_per_pass = max(1, rows_per_pass // queries_per_pass)
+    per_pass = queries_per_pass(len(queries), n_subsets, rows_per_pass)
+    subsets_per_pass = max(1, rows_per_pass // per_pass)
     responses = torch.empty(len(queries), n_subsets)
     base_losses = torch.empty(len(queries))
-    n_passes = -(-len(queries) // queries_per_pass) * -(-n_subsets // subsets_per_pass)
+    n_passes = -(-len(queries) // per_pass) * -(-n_subsets // subsets_per_pass)
     bar = tqdm(total=n_passes, desc="measuring queries", disable=not progress, unit="pass")
-    for start in range(0, len(queries), queries_per_pass):
-        indices = list(range(start, min(start + queries_per_pass, len(queries))))
+    for start in range(0, len(queries), per_pass):
+        indices = list(range(start, min(start + per_pass, len(queries))))
         batch = queries.batch(indices)
         base = steered.base(batch)
         base_loss = steered.task.measurement(base.logits, batch)

@@ -14,7 +14,9 @@ examples): "batched" (`stride.method.batched_lasso`: every query at once on the 
 in torch; the cross-validation runs the same procedure with it) and "scikit-learn" (LassoCV per
 sampled query, then one Lasso), faster on small training sets, where the batched solver's
 per-step overhead dominates. Both stop at scikit-learn's tolerances: relative duality gap 1e-4 for
-the cross-validation (LassoCV's default) and 1e-5 for the scores.
+the cross-validation (LassoCV's default) and 1e-5 for the scores. STRIDE hands `lasso_scores` one
+query block at a time (`stride.method.query_blocks`); the batched solver's solution of a query
+depends, within its tolerance, on the other queries solved with it.
 """
 
 from __future__ import annotations
