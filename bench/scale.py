@@ -15,7 +15,9 @@ examples, and one process against a torchrun job. One JSON per part.
   `--processes-n` examples as one process with 2 threads, as one process with 1 thread, then as
   `torchrun --nproc-per-node 2` with 1 thread each. Wall seconds of each command, the ratios, and
   how far the scores differ (thread counts change the order of sums only). Peak RSS is that of the
-  largest single process. Writes OUT/processes.json.
+  largest single process. Operator training alone: the designs' training seconds as their stages
+  recorded them, summed in one process, the longer of the two in the torchrun job (its ranks train
+  one design each, at the same time). Writes OUT/processes.json.
 
 Every command runs alone on the machine's cores; run nothing else meanwhile.
 
@@ -90,13 +92,20 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def operator_seconds(run: Path) -> list[float]:
+    """Seconds of each design's operator training, as its stored stage recorded them."""
+    return [
+        json.loads(path.read_text())["info"]["seconds"] for path in sorted((run / "stages").glob("operators*.json"))
+    ]
+
+
 def part_processes(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     model, queries, trains = prepare(out, [args.processes_n])
     train = trains[args.processes_n]
-    single, sharded = out / "runs" / "one_process", out / "runs" / "two_processes"
+    single, one_thread_run, sharded = (out / "runs" / name for name in ("one_process", "one_thread", "two_processes"))
     one = measured([sys.executable, *stride_command(model, train, queries, single, 2, None)])
     print(f"one process, 2 threads: {one['wall_seconds']:.1f} s", flush=True)
-    one_thread = measured([sys.executable, *stride_command(model, train, queries, out / "runs" / "one_thread", 1,
+    one_thread = measured([sys.executable, *stride_command(model, train, queries, one_thread_run, 1,
                                                            None)])  # fmt: skip
     print(f"one process, 1 thread: {one_thread['wall_seconds']:.1f} s", flush=True)
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
@@ -104,6 +113,10 @@ def part_processes(out: Path, args: argparse.Namespace) -> dict[str, Any]:
                 "--master-port", str(_free_port())]  # fmt: skip
     two = measured([*torchrun, *stride_command(model, train, queries, sharded, 1, None)], env)
     print(f"torchrun, 2 processes x 1 thread: {two['wall_seconds']:.1f} s", flush=True)
+    training = {"one_process": sum(operator_seconds(single)),
+                "one_process_one_thread": sum(operator_seconds(one_thread_run)),
+                "two_processes": max(operator_seconds(sharded))}  # fmt: skip
+    print(f"operator training: {json.dumps(training)}", flush=True)
     a = load_file(str(single / "scores.safetensors"))["scores"].double()
     b = load_file(str(sharded / "scores.safetensors"))["scores"].double()
     result = {
@@ -111,6 +124,9 @@ def part_processes(out: Path, args: argparse.Namespace) -> dict[str, Any]:
         "one_process_one_thread": one_thread, "two_processes": two,
         "speedup": one["wall_seconds"] / two["wall_seconds"],
         "speedup_over_one_thread": one_thread["wall_seconds"] / two["wall_seconds"],
+        "operator_training_seconds": training,
+        "training_speedup": training["one_process"] / training["two_processes"],
+        "training_speedup_over_one_thread": training["one_process_one_thread"] / training["two_processes"],
         "max_relative_score_difference": float((a - b).abs().max() / a.abs().max()),
         "stages_one_process": json.loads((single / "info.json").read_text())["timings_seconds"],
     }  # fmt: skip
