@@ -6,9 +6,10 @@ examples, and one process against a torchrun job. One JSON per part.
   as multiples of one forward pass over the training set (`bench.scale_size` says how). Writes
   OUT/size.json after every measurement and resumes from it.
 - Part `n` (issue part b): a random GPT-2 (2 blocks, width 128; `bench.cost_vs_n`'s model and its
-  fortune sentences) attributed with `stride attribute` at each n of `--sizes`, one design: seconds
-  per stage and the command's peak resident memory (its own process, measured by a parent that
-  runs nothing else). Writes OUT/n.json.
+  fortune sentences, then WordNet's definitions beyond their 25,651 training sentences) attributed
+  with `stride attribute` at each n of `--sizes`, one design: seconds per stage and the command's
+  peak resident memory (its own process, measured by a parent that runs nothing else). Writes
+  OUT/n.json.
 - Part `recovery` (part c): `bench.recovery_scale` at n = 1,000,000 (K = 1000, d = 20, 500
   queries), its own process. Writes OUT/recovery.json (and its own results.json).
 - Part `processes` (part d): the default STRIDE run (2 designs and the first-order features) on
@@ -38,23 +39,38 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 
 from bench.cost_vs_n import N_QUERIES, build_model, fortune_sentences
+from bench.matrix_corpora import definitions_entries
 from bench.measuring import measured, stride_command
 from bench.scale_size import add_size_options, part_size
 from stride.core.jsonio import write_json
 from stride.data import write_jsonl
 
 
-def prepare(out: Path, sizes: list[int]) -> tuple[Path, Path, dict[int, Path]]:
+def training_pool(needed: int) -> list[str]:
+    """The fortune sentences that `bench.cost_vs_n` uses (the queries are their last N_QUERIES),
+    followed, when more than they hold are needed, by WordNet's definitions ("word: gloss") in a
+    seeded order: training sets up to the fortunes' size are the same as before."""
     sentences = fortune_sentences(seed=0)
-    if max(sizes) + N_QUERIES > len(sentences):
-        raise SystemExit(f"only {len(sentences)} sentences: at most {len(sentences) - N_QUERIES} training examples")
-    queries = write_jsonl([{"text": t} for t in sentences[-N_QUERIES:]], out / "data" / "queries.jsonl")
-    model = build_model(sentences[: min(sizes)], out / "model")
-    trains = {n: write_jsonl([{"text": t} for t in sentences[:n]], out / "data" / f"train_{n}.jsonl") for n in sizes}
+    pool = sentences[:-N_QUERIES]
+    if needed > len(pool):
+        glosses = [entry.prompt + entry.completion for entry in definitions_entries()]
+        order = np.random.default_rng(0).permutation(len(glosses))
+        pool += [glosses[i] for i in order]
+    if needed > len(pool):
+        raise SystemExit(f"only {len(pool)} sentences and definitions: at most {len(pool)} training examples")
+    return pool
+
+
+def prepare(out: Path, sizes: list[int]) -> tuple[Path, Path, dict[int, Path]]:
+    queries = write_jsonl([{"text": t} for t in fortune_sentences(seed=0)[-N_QUERIES:]], out / "data" / "queries.jsonl")
+    pool = training_pool(max(sizes))
+    model = build_model(pool[: min(sizes)], out / "model")
+    trains = {n: write_jsonl([{"text": t} for t in pool[:n]], out / "data" / f"train_{n}.jsonl") for n in sizes}
     return model, queries, trains
 
 
