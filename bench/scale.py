@@ -51,11 +51,10 @@ from stride.core.jsonio import write_json
 from stride.data import write_jsonl
 
 
-def training_pool(needed: int) -> list[str]:
-    """The fortune sentences that `bench.cost_vs_n` uses (the queries are their last N_QUERIES),
-    followed, when more than they hold are needed, by WordNet's definitions ("word: gloss") in a
-    seeded order: training sets up to the fortunes' size are the same as before."""
-    sentences = fortune_sentences(seed=0)
+def training_pool(sentences: list[str], needed: int) -> list[str]:
+    """`bench.cost_vs_n`'s fortune `sentences` but their last N_QUERIES (the queries), followed, when
+    more than they hold are needed, by WordNet's definitions ("word: gloss") in a seeded order:
+    training sets up to the fortunes' size are the same as before."""
     pool = sentences[:-N_QUERIES]
     if needed > len(pool):
         glosses = [entry.prompt + entry.completion for entry in definitions_entries()]
@@ -67,8 +66,9 @@ def training_pool(needed: int) -> list[str]:
 
 
 def prepare(out: Path, sizes: list[int]) -> tuple[Path, Path, dict[int, Path]]:
-    queries = write_jsonl([{"text": t} for t in fortune_sentences(seed=0)[-N_QUERIES:]], out / "data" / "queries.jsonl")
-    pool = training_pool(max(sizes))
+    sentences = fortune_sentences(seed=0)
+    queries = write_jsonl([{"text": t} for t in sentences[-N_QUERIES:]], out / "data" / "queries.jsonl")
+    pool = training_pool(sentences, max(sizes))
     model = build_model(pool[: min(sizes)], out / "model")
     trains = {n: write_jsonl([{"text": t} for t in pool[:n]], out / "data" / f"train_{n}.jsonl") for n in sizes}
     return model, queries, trains
