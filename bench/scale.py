@@ -6,10 +6,11 @@ examples, and one process against a torchrun job. One JSON per part.
   as multiples of one forward pass over the training set (`bench.scale_size` says how). Writes
   OUT/size.json after every measurement and resumes from it.
 - Part `n` (issue part b): a random GPT-2 (2 blocks, width 128; `bench.cost_vs_n`'s model and its
-  fortune sentences, then WordNet's definitions beyond their 25,651 training sentences) attributed
-  with `stride attribute` at each n of `--sizes`, one design: seconds per stage and the command's
-  peak resident memory (its own process, measured by a parent that runs nothing else). Writes
-  OUT/n.json.
+  fortune sentences, then WordNet's definitions beyond their 25,651 training sentences, then the
+  whole pool again in the same order beyond its 143k texts) attributed with `stride attribute` at
+  each n of `--sizes` with the settings `--n-settings` (default: one design), and `--top-k K` when
+  `--n-top-k` is given (no dense scores): seconds per stage and the command's peak resident memory
+  (its own process, measured by a parent that runs nothing else). Writes OUT/n.json.
 - Part `recovery` (part c): `bench.recovery_scale` at n = 1,000,000 (K = 1000, d = 20, 500
   queries), its own process. Writes OUT/recovery.json (and its own results.json).
 - Part `processes` (part d): the default STRIDE run (2 designs and the first-order features) on
@@ -23,7 +24,7 @@ examples, and one process against a torchrun job. One JSON per part.
 Every command runs alone on the machine's cores; run nothing else meanwhile.
 
     python -m bench.scale [--parts size n recovery processes] [--sizes 1000 4000 16000]
-        [--size-shapes gpt2:12x768:50257 qwen2:4x896:151936] [--size-n 256] [--size-timeout 3600]
+        [--n-settings JSON] [--n-top-k K] [--size-shapes gpt2:12x768:50257 qwen2:4x896:151936] [--size-n 256] [--size-timeout 3600]
 """
 
 from __future__ import annotations
@@ -53,16 +54,16 @@ from stride.data import write_jsonl
 
 def training_pool(sentences: list[str], needed: int) -> list[str]:
     """`bench.cost_vs_n`'s fortune `sentences` but their last N_QUERIES (the queries), followed, when
-    more than they hold are needed, by WordNet's definitions ("word: gloss") in a seeded order:
-    training sets up to the fortunes' size are the same as before."""
+    more than they hold are needed, by WordNet's definitions ("word: gloss") in a seeded order, then by
+    repeats of that pool (for time and memory at scale): training sets up to the fortunes' size are the
+    same as before."""
     pool = sentences[:-N_QUERIES]
     if needed > len(pool):
         glosses = [entry.prompt + entry.completion for entry in definitions_entries()]
         order = np.random.default_rng(0).permutation(len(glosses))
         pool += [glosses[i] for i in order]
-    if needed > len(pool):
-        raise SystemExit(f"only {len(pool)} sentences and definitions: at most {len(pool)} training examples")
-    return pool
+    repeats = -(-needed // len(pool))
+    return pool * repeats
 
 
 def prepare(out: Path, sizes: list[int]) -> tuple[Path, Path, dict[int, Path]]:
@@ -76,12 +77,13 @@ def prepare(out: Path, sizes: list[int]) -> tuple[Path, Path, dict[int, Path]]:
 
 def part_n(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     model, queries, trains = prepare(out, args.sizes)
-    config = out / "one_design.json"
-    config.write_text(json.dumps({"designs": 1}))
+    config = out / "settings_n.json"
+    config.write_text(json.dumps(json.loads(args.n_settings)))
+    top_k = ["--top-k", str(args.n_top_k)] if args.n_top_k else []
     rows = []
     for n, train in trains.items():
         run = out / "runs" / f"n{n}"
-        command = stride_command(model, train, queries, run, args.threads, config)
+        command = stride_command(model, train, queries, run, args.threads, config) + top_k
         row: dict[str, Any] = {"n_train": n, **measured([sys.executable, *command])}
         info = json.loads((run / "info.json").read_text())
         row["stage_seconds"] = info["timings_seconds"]
@@ -158,6 +160,8 @@ def main() -> int:
     parser.add_argument("--out", default="runs/bench_scale")
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
     parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 4000, 16000], help="training sizes of part n")
+    parser.add_argument("--n-settings", default='{"designs": 1}', help="STRIDE settings of part n (JSON)")
+    parser.add_argument("--n-top-k", type=int, default=0, help="part n writes only each query's top and bottom K")
     parser.add_argument("--processes-n", type=int, default=2000, help="training examples of part processes")
     parser.add_argument("--threads", type=int, default=2)
     add_size_options(parser)
