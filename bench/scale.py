@@ -24,7 +24,8 @@ examples, and one process against a torchrun job. One JSON per part.
 Every command runs alone on the machine's cores; run nothing else meanwhile.
 
     python -m bench.scale [--parts size n recovery processes] [--sizes 1000 4000 16000]
-        [--n-settings JSON] [--n-top-k K] [--size-shapes gpt2:12x768:50257 qwen2:4x896:151936] [--size-n 256] [--size-timeout 3600]
+        [--n-settings JSON] [--n-top-k K] [--size-shapes gpt2:12x768:50257 qwen2:4x896:151936]
+        [--size-n 256] [--size-timeout 3600]
 """
 
 from __future__ import annotations
