@@ -27,7 +27,11 @@ Everything is cached under --out and reused on a rerun: data, models (checked wi
 finished stages; `--recompute` replaces them). OUT/matrix{TAG}.json (merged with the cells of
 earlier runs) and OUT/matrix{TAG}.md are written after every cell.
 
-    python -m bench.matrix [--quick] [--cells NAME ...] [--methods stride ekfac ...] [--tag _T]
+`--vocabulary N` (another --out) gives every language model one byte-level BPE tokenizer of N tokens
+trained on all five corpora, e.g. GPT-2's 50,257: the model's vocabulary then has a real model's size,
+most of it unused by any one cell (STRIDE's `auto` form takes hashed operators above 16,384).
+
+    python -m bench.matrix [--quick] [--cells NAME ...] [--methods stride ekfac ...] [--tag _T] [--vocabulary N]
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ import torch
 from safetensors.torch import load_file
 
 from bench.lds import cached_model_matches
-from bench.matrix_corpora import build_splits
+from bench.matrix_corpora import build_splits, shared_tokenizer
 from stride.api import attribute, groundtruth, lds
 from stride.config import StrideConfig, partner_settings, read_mapping_file
 from stride.core.jsonio import write_json
@@ -119,18 +123,23 @@ DEFAULT_METHODS = ("stride", "ekfac", "logra", "graddot", "trak", "tfidf", "bm25
 BASELINE_NAMES = ("ekfac", "logra", "graddot", "trak", "tfidf", "bm25", "gradcos", "repsim", "astra")
 
 
-def recipes(cell: Cell) -> tuple[LMRecipe, LMRecipe | None]:
-    """The attributed model's recipe and its base's (None: trained from scratch)."""
+def recipes(cell: Cell, vocabulary: int | None = None) -> tuple[LMRecipe, LMRecipe | None]:
+    """The attributed model's recipe and its base's (None: trained from scratch); `vocabulary`
+    replaces the vocabulary size (the shared tokenizer's, see `--vocabulary`)."""
+    shape = {**(SCRATCH_MODEL if cell.regime == "scratch" else MODEL), "architecture": cell.architecture}
+    if vocabulary is not None:
+        shape["vocab_size"] = vocabulary
     if cell.regime == "scratch":
-        return LMRecipe(architecture=cell.architecture, **SCRATCH_MODEL, **RECIPES["scratch"]), None
-    model = dict(architecture=cell.architecture, **MODEL)
-    return LMRecipe(**model, **RECIPES[cell.regime]), LMRecipe(**model, **BASE)
+        return LMRecipe(**shape, **RECIPES["scratch"]), None
+    return LMRecipe(**shape, **RECIPES[cell.regime]), LMRecipe(**shape, **BASE)
 
 
-def train_cached(train: Path, folder: Path, recipe: LMRecipe, base: Path | None = None) -> Path:
-    """`train_lm` unless `folder` already holds this very model."""
+def train_cached(train: Path, folder: Path, recipe: LMRecipe, base: Path | None = None,
+                 tokenizer: Path | None = None) -> Path:  # fmt: skip
+    """`train_lm` unless `folder` already holds this very model; a model trained from scratch takes
+    `tokenizer`'s tokenizer when given (else one trained on `train`)."""
     if not cached_model_matches(folder, recipe, base):
-        train_lm(train, folder, recipe, base_dir=base, progress=False)
+        train_lm(train, folder, recipe, base_dir=base, progress=False, tokenizer_dir=tokenizer)
     return folder
 
 
@@ -164,14 +173,17 @@ def run_method(method: str, model: Path, data: dict[str, Path], root: Path, trut
 def run_lm_cell(cell: Cell, sizes: Sizes, args: argparse.Namespace, methods: list[str]) -> dict[str, Any]:
     """Data, models, ground truth and every method of one language-model cell."""
     root = Path(args.out) / cell.name
-    recipe, base_recipe = recipes(cell)
+    recipe, base_recipe = recipes(cell, args.vocabulary)
+    tokenizer = None
+    if args.vocabulary:
+        tokenizer = shared_tokenizer(Path(args.out) / f"tokenizer_{args.vocabulary}", args.vocabulary)
     split_sizes = {"train": sizes.n_train, "queries": sizes.n_queries}
     if base_recipe is not None:
         split_sizes["pretrain"] = sizes.n_pretrain
     data = build_splits(cell.corpus, "sft" if cell.regime == "sft" else "text", root / "data", split_sizes)
     started = time.perf_counter()
-    base = train_cached(data["pretrain"], root / "base", base_recipe) if base_recipe is not None else None
-    model = train_cached(data["train"], root / "model", recipe, base)
+    base = train_cached(data["pretrain"], root / "base", base_recipe, tokenizer=tokenizer) if base_recipe else None
+    model = train_cached(data["train"], root / "model", recipe, base, tokenizer=tokenizer)
     seeds = sizes.scratch_seeds if cell.regime == "scratch" else sizes.seeds
     truth = root / f"groundtruth_m{sizes.subsets}_s{seeds}"
     summary = groundtruth(model, data["train"], data["queries"], truth, regime="finetune" if base else "scratch",
@@ -183,7 +195,7 @@ def run_lm_cell(cell: Cell, sizes: Sizes, args: argparse.Namespace, methods: lis
     default_settings: dict[str, Any] = {}
     if "trak" in methods:
         others = [dataclasses.replace(recipe, seed=seed) for seed in range(1, args.trak_ensemble)]
-        ensemble = [train_cached(data["train"], root / f"model_seed{r.seed}", r, base) for r in others]
+        ensemble = [train_cached(data["train"], root / f"model_seed{r.seed}", r, base, tokenizer) for r in others]
         default_settings["trak"] = {"checkpoints": [str(folder) for folder in ensemble]}
     rows = {}
     for method in methods:
@@ -318,6 +330,10 @@ def main() -> int:
                                                   "--method-settings sets (to compare settings)")  # fmt: skip
     parser.add_argument("--recompute", action="store_true", help="replace the methods' run folders")
     parser.add_argument("--trak-ensemble", type=int, default=5, help="models in TRAK's ensemble (other seeds)")
+    parser.add_argument("--vocabulary", type=int,
+                        help="every language model takes one byte-level BPE tokenizer of this many tokens, trained on "
+                             "all five corpora (e.g. 50257, GPT-2's size), instead of a 1024 / 512-token one of its "
+                             "own training data; use another --out")  # fmt: skip
     parser.add_argument("--workers", type=int, default=2, help="ground-truth processes")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

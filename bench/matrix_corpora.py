@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from bench.selection import pydoc_paragraphs
+from stride.core.jsonio import write_json
 from stride.corpus import DEMO_MIX, read_fortunes
 from stride.data import write_jsonl
 
@@ -140,3 +141,18 @@ def build_splits(corpus: str, form: str, out_dir: Path, sizes: dict[str, int], s
         paths[name] = write_jsonl(rows, out_dir / f"{name}.jsonl")
         start += len(chosen)
     return paths
+
+
+def shared_tokenizer(folder: Path, vocab_size: int) -> Path:
+    """A byte-level BPE tokenizer of `vocab_size` tokens trained on every entry of all the corpora
+    (a vocabulary of a real model's size, most of it unused by any one cell), saved in `folder`
+    once and reused."""
+    from stride.lm_training import train_tokenizer
+
+    marker = folder / "corpora.json"
+    if not marker.is_file():
+        texts = [entry.prompt + entry.completion for read in READERS.values() for entry in read()]
+        tokenizer = train_tokenizer(texts, vocab_size)
+        tokenizer.save_pretrained(str(folder))
+        write_json(marker, {"corpora": list(READERS), "entries": len(texts), "vocab_size": len(tokenizer)})
+    return folder
