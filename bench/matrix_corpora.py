@@ -26,6 +26,7 @@ from bench.selection import pydoc_paragraphs
 from stride.core.jsonio import write_json
 from stride.corpus import DEMO_MIX, read_fortunes
 from stride.data import write_jsonl
+from stride.lm_training import train_tokenizer
 
 WORDNET_DIR = Path("/usr/share/wordnet")
 WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
@@ -147,8 +148,6 @@ def shared_tokenizer(folder: Path, vocab_size: int) -> Path:
     """A byte-level BPE tokenizer of `vocab_size` tokens trained on every entry of all the corpora
     (a vocabulary of a real model's size, most of it unused by any one cell), saved in `folder`
     once and reused."""
-    from stride.lm_training import train_tokenizer
-
     marker = folder / "corpora.json"
     if not marker.is_file():
         texts = [entry.prompt + entry.completion for read in READERS.values() for entry in read()]
