@@ -1,9 +1,11 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from stride.data import load_data
+from stride.losses import sequence_kl, sequence_losses
 from stride.method.operators import OperatorBank
-from stride.method.steering import SteeredModel
+from stride.method.steering import SteeredModel, rows_per_base_row
 from stride.models import decoder_blocks, default_layer, load_causal_lm
 from stride.tasks import CausalLMTask
 
@@ -66,6 +68,43 @@ def test_logit_form_adds_a_low_rank_term_to_the_logits(gpt2_dir, corpus):
         bank.coefficients.normal_()
         moved = steered.steered_logits(bank, base, batch, torch.arange(4), torch.tensor([0, 1, 2, 3]))
     assert not torch.allclose(moved, base.logits)
+
+
+@pytest.mark.parametrize("form", ["logit", "hashed_logit", "shared_logit"])
+@pytest.mark.parametrize("gradients", [False, True])
+def test_grouped_rows_give_the_numbers_of_gathered_base_outputs(form, gradients, gpt2_dir, corpus):
+    """Rows 0,0,0,1,1,1,... skip gathering copies of the base outputs; the sums must not change."""
+    model, batch, steered, _ = _setup(gpt2_dir, corpus["train"], "logit")
+    bank = OperatorBank(form, 5, model.config.hidden_size, 4, model.get_output_embeddings().out_features, seed=0,
+                        output_rank=6)  # fmt: skip
+    with torch.no_grad():
+        bank.coefficients.normal_()
+    base = steered.base(batch)
+    rows = torch.arange(4).repeat_interleave(3)
+    subset_ids = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1])
+    with torch.set_grad_enabled(gradients):
+        grouped = steered.steered_logits(bank, base, batch, rows, subset_ids)
+        gathered = base.logits[rows] + bank.delta(base.hidden[rows], subset_ids)
+    assert rows_per_base_row(rows, 4) == 3 and rows_per_base_row(rows.flip(0), 4) is None
+    assert grouped.requires_grad == gradients
+    assert torch.equal(grouped, gathered)
+
+
+def test_sequence_losses_equal_those_of_the_shifted_logits(gpt2_dir, corpus):
+    """The losses computed on the whole logits equal the textbook ones on logits[:, :-1], bit for bit."""
+    model, batch, _, _ = _setup(gpt2_dir, corpus["train"], "logit")
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        other = logits + torch.randn_like(logits)
+    shifted, targets = logits[:, :-1], batch.input_ids[:, 1:]
+    mask = batch.loss_mask[:, 1:].float()
+    token_loss = F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), reduction="none")
+    expected = (token_loss.view(targets.shape) * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+    base_log, other_log = F.log_softmax(shifted, -1), F.log_softmax(other[:, :-1], -1)
+    token_kl = (base_log.exp() * (base_log - other_log)).sum(-1)
+    expected_kl = (token_kl * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+    assert torch.equal(sequence_losses(logits, batch), expected)
+    assert torch.equal(sequence_kl(logits, other, batch), expected_kl)
 
 
 @pytest.fixture(scope="module")

@@ -69,6 +69,15 @@ class _CachedBlock(nn.Module):
         return (result,) if self.returns_tuple else result
 
 
+def rows_per_base_row(rows: torch.Tensor, n_base: int) -> int | None:
+    """m when `rows` is 0 (m times), 1 (m times), ..., n_base - 1 (m times), else None."""
+    if n_base == 0 or len(rows) % n_base:
+        return None
+    per_row = len(rows) // n_base
+    expected = torch.arange(n_base, device=rows.device)[:, None]
+    return per_row if bool((rows.view(n_base, per_row) == expected).all()) else None
+
+
 class Steered(ABC):
     """A frozen model, the place where it is steered and its task."""
 
@@ -106,7 +115,15 @@ class Steered(ABC):
         """Outputs of base-pass rows `rows`, each steered by operator `subset_ids[i]` of `bank`."""
         hidden = base.hidden[rows]
         if bank.form != RESIDUAL:  # the logit forms add to the outputs
-            return base.logits[rows] + bank.delta(hidden, subset_ids)
+            delta = bank.delta(hidden, subset_ids)
+            per_row = rows_per_base_row(rows, len(base.logits))
+            if per_row is None or torch.result_type(delta, base.logits) != delta.dtype:
+                return base.logits[rows] + delta
+            # rows 0,0,..,1,1,..: add each base row to its block of shifts in place, without gathering
+            # copies of the base outputs (the same sums, so the same numbers)
+            blocks = delta.view(len(base.logits), per_row, *delta.shape[1:])
+            summed = blocks.add_(base.logits[:, None]) if not delta.requires_grad else blocks + base.logits[:, None]
+            return summed.view_as(delta)
         steered_hidden = (hidden + bank.delta(hidden, subset_ids)).to(hidden.dtype)  # the blocks' own dtype
         return self.logits_from_hidden(steered_hidden, batch.select(rows))
 
