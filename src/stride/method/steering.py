@@ -119,8 +119,8 @@ class Steered(ABC):
             per_row = rows_per_base_row(rows, len(base.logits))
             if per_row is None or torch.result_type(delta, base.logits) != delta.dtype:
                 return base.logits[rows] + delta
-            # rows 0,0,..,1,1,..: add each base row to its block of shifts in place, without gathering
-            # copies of the base outputs (the same sums, so the same numbers)
+            # rows 0,0,..,1,1,..: add each base row to its block of shifts by broadcasting (in place when
+            # no gradient flows), without gathering copies of the base outputs (the same sums, so the same numbers)
             blocks = delta.view(len(base.logits), per_row, *delta.shape[1:])
             summed = blocks.add_(base.logits[:, None]) if not delta.requires_grad else blocks + base.logits[:, None]
             return summed.view_as(delta)
