@@ -3,7 +3,7 @@
 The working tree (the candidate) and a git revision (the baseline, checked out into a temporary
 worktree) each run `stride.api.attribute` on the same cells in separate fresh processes, taking
 turns (baseline, candidate, baseline, candidate, ...), so that both see the same machine. Reports
-per cell and revision the median seconds of each stage over the rounds, the ratio of the totals
+per cell and revision the median seconds of each stage (and peak RSS) over the rounds, the ratio of the totals
 (baseline / candidate: above 1 means the candidate is faster) and whether the two revisions gave
 the same scores. Each revision can get its own STRIDE settings (e.g. `--candidate-settings
 '{"epochs": 4}'`: is a longer training at the candidate's speed within the baseline's seconds?).
@@ -30,30 +30,20 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from bench.measuring import measured, stride_command
 from stride.core.jsonio import write_json
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-RUNNER = """
-import json, sys
-from stride.api import attribute
-from stride.config import StrideConfig
-cell, out, settings, threads = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4])
-result = attribute(f"{cell}/model", f"{cell}/data/train.jsonl", f"{cell}/data/queries.jsonl", out,
-                   config=StrideConfig.from_dict(settings), threads=threads, progress=False)
-print(json.dumps(result.info["timings_seconds"]))
-"""
 
 
-def run_once(source: Path, cell: Path, out: Path, settings: dict[str, Any], threads: int) -> dict[str, float]:
-    """One STRIDE run of `cell` with the package under `source/src`, in a fresh process: its stage seconds."""
+def run_once(source: Path, cell: Path, out: Path, config: Path | None, threads: int) -> dict[str, float]:
+    """One `stride attribute` run of `cell` with the package under `source/src`, in a fresh process:
+    its stage seconds (info.json) and its peak RSS."""
     environment = {**os.environ, "PYTHONPATH": str(source / "src"), "OMP_WAIT_POLICY": "PASSIVE"}
-    completed = subprocess.run(
-        [sys.executable, "-c", RUNNER, str(cell), str(out), json.dumps(settings), str(threads)],
-        env=environment, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if completed.returncode != 0:
-        raise SystemExit(f"STRIDE failed on {cell} with {source}:\n{completed.stderr[-3000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    data = cell / "data"
+    command = stride_command(cell / "model", data / "train.jsonl", data / "queries.jsonl", out, threads, config)
+    peak = measured([sys.executable, *command], environment)["peak_rss_gib"]
+    return {**json.loads((out / "info.json").read_text())["timings_seconds"], "peak_rss_gib": peak}
 
 
 def compare_scores(a: Path, b: Path) -> dict[str, Any]:
@@ -85,6 +75,12 @@ def main() -> int:
         subprocess.run(["git", "-C", str(REPOSITORY), "worktree", "add", "--detach", str(worktree), args.baseline],
                        check=True, capture_output=True)  # fmt: skip
         sources = {"baseline": worktree, "candidate": REPOSITORY}
+        configs: dict[str, Path | None] = {}
+        for revision, values in settings.items():
+            configs[revision] = None
+            if values:  # `stride attribute --config FILE`
+                configs[revision] = Path(scratch) / f"{revision}.json"
+                write_json(configs[revision], values)
         try:
             for name in args.cells:
                 cell = Path(args.out).resolve() / name
@@ -92,7 +88,7 @@ def main() -> int:
                 for round_ in range(args.rounds):
                     for revision in ("baseline", "candidate"):
                         out = Path(scratch) / f"{name}_{revision}_{round_}"
-                        timings[revision].append(run_once(sources[revision], cell, out, settings[revision],
+                        timings[revision].append(run_once(sources[revision], cell, out, configs[revision],
                                                           args.threads))  # fmt: skip
                         print(f"[{name}] round {round_} {revision}: {timings[revision][-1]['total']:.1f} s", flush=True)
                 medians = {r: {k: median(t[k] for t in ts) for k in ts[0]} for r, ts in timings.items()}
