@@ -8,6 +8,7 @@ method's stages, so the ratios share their conditions. Prints the configuration 
 writes results.json after every size.
 
     python -m bench.cost_vs_size [--sizes 2x128 4x256 6x384 8x512] [--methods stride ekfac logra]
+        [--stride-settings '{"designs": 1}']
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 
 from bench.lds import cached_model_matches
 from stride.api import attribute
+from stride.config import StrideConfig
 from stride.core.jsonio import write_json
 from stride.corpus import build_benchmark_corpus
 from stride.data import load_data, read_examples
@@ -68,6 +70,8 @@ def main() -> int:
     parser.add_argument("--out", default="runs/bench_cost")
     parser.add_argument("--sizes", nargs="+", default=["2x128", "4x256", "6x384", "8x512"], help="LAYERSxWIDTH")
     parser.add_argument("--methods", nargs="+", default=["stride", "ekfac", "logra"])
+    parser.add_argument("--stride-settings", type=json.loads, default={"designs": 1},
+                        help='STRIDE settings as JSON (default {"designs": 1}: the cost of one design)')  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -82,8 +86,9 @@ def main() -> int:
         forward, n_params = forward_seconds(model_dir, data["train"])
         row = {"size": size, "parameters": n_params, "forward_seconds": forward, "seconds": {}}
         for method in args.methods:
+            config = StrideConfig.from_dict(args.stride_settings) if method == "stride" else None
             result = attribute(model_dir, data["train"], data["queries"], out / "runs" / size / method, method=method,
-                               threads=args.threads, overwrite=True, progress=False)  # fmt: skip
+                               config=config, threads=args.threads, overwrite=True, progress=False)  # fmt: skip
             row["seconds"][method] = sum(v for k, v in result.info["timings_seconds"].items() if k != "total")
         rows.append(row)
         ratios = "  ".join(f"{m} {s:7.1f} s ({s / forward:5.1f} fwd)" for m, s in row["seconds"].items())

@@ -85,7 +85,7 @@ def test_the_partner_flag_replaces_the_files_choice_and_takes_its_section(tmp_pa
     path = tmp_path / "config.yaml"
     path.write_text("stride: {partner: ekfac, epochs: 2}\nastra: {iterations: 5}\n")
     config, settings = method_options("stride", path, partner="astra")
-    assert (config.partner, config.epochs, config.partner_weight, settings) == ("astra", 2, 0.7, {"iterations": 5})
+    assert (config.partner, config.epochs, config.partner_weight, settings) == ("astra", 2, 0.6, {"iterations": 5})
     assert method_options("stride", None, partner="logra")[0].partner == "logra"
     with pytest.raises(StrideError, match="--partner mixes another method into STRIDE's scores"):
         method_options("tfidf", None, partner="astra")

@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--config", help="JSON/YAML file of method settings")
     sub.add_argument("--partner", metavar="METHOD",
                      help="STRIDE: mix METHOD's scores into STRIDE's (e.g. astra; the setting `partner`; its weight "
-                          "is `partner_weight`, 0.7 by default)")  # fmt: skip
+                          "is `partner_weight`, 0.6 by default)")  # fmt: skip
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--overwrite", action="store_true", help="replace a run with other settings in --out")
     sub.add_argument(

@@ -11,7 +11,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from stride.errors import StrideError
 
@@ -19,6 +19,8 @@ FORMS = ("residual", "logit", "shared_logit", "hashed_logit")
 AUTO_FORM = "auto"
 AUTO_LOGIT_VOCABULARY = 16_384  # form "auto": the logit form up to this many outputs, hashed_logit above
 AUTO_BUCKETS = 1024  # form "auto": hashed_logit's buckets
+AUTO_EPOCHS = {"logit": 4}  # epochs "auto": per form (docs/ablations.md §28); the other forms take AUTO_EPOCHS_OTHER
+AUTO_EPOCHS_OTHER = 3
 EXPANSIONS = ("exact", "second_order")
 OUTPUT_INITS = ("random", "head")
 LAMBDA_RULES = ("cv", "fixed")
@@ -49,7 +51,10 @@ class StrideConfig:
         subsets_per_example: number d of subsets every training example belongs to.
         designs: independent subset designs (each its own membership, basis and operators, from
             its own seed); their recovered scores are averaged. Cost grows linearly with it.
-        epochs: passes over the (example, subset) pairs while training the operators.
+        epochs: passes over the (example, subset) pairs while training the operators, or "auto"
+            (default): 4 for the logit form, where a fourth pass gained on both halves of the benchmark
+            matrix, and 3 for the others, where it gained nothing at a 50k vocabulary (hashed_logit)
+            or was not measured, while it adds a base pass over the training set.
         batch_size: training examples per step (each is expanded to its d subsets).
         first_order_weight: weight w of the first-order scores of the logit family (restricted
             gradients with a rank-64 basis, count-sketched) mixed into the designs' Lasso scores:
@@ -87,8 +92,8 @@ class StrideConfig:
             with w = `partner_weight`. None: STRIDE alone. The partner runs with its own defaults, or
             with the section named after it in the --config file; it runs on the CPU in float32, so
             the whole run does.
-        partner_weight: the partner's weight w in [0, 1] (0.7: chosen with partner astra on half A of
-            the benchmark matrix, confirmed on half B; README "Benchmark").
+        partner_weight: the partner's weight w in [0, 1] (0.6: chosen with partner astra on half A of
+            the benchmark matrix, confirmed on half B; README "Benchmark"; 0.7 with 3 epochs).
     """
 
     form: str = AUTO_FORM
@@ -101,7 +106,7 @@ class StrideConfig:
     designs: int = 2
     first_order_weight: float | str = "auto"
     first_order_dim: int = 4096
-    epochs: int = 3
+    epochs: int | Literal["auto"] = "auto"
     batch_size: int = 16
     length_grouping: int = 32
     learning_rate: float = 3e-3
@@ -121,7 +126,7 @@ class StrideConfig:
     max_length: int | None = None
     checkpoint_every: int = 50
     partner: str | None = None
-    partner_weight: float = 0.7
+    partner_weight: float = 0.6
 
     def validate(self, n_train: int | None = None) -> None:
         """Raise StrideError naming the first setting of the wrong type or out of range."""
@@ -155,11 +160,13 @@ class StrideConfig:
                 f"subsets_per_example (d) must be between 1 and n_subsets (K={self.n_subsets}), "
                 f"got {self.subsets_per_example}"
             )
-        positive = ("rank", "output_rank", "designs", "first_order_dim", "epochs", "batch_size", "measure_rows",
+        positive = ("rank", "output_rank", "designs", "first_order_dim", "batch_size", "measure_rows",
                     "checkpoint_every", "cv_queries")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise StrideError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.epochs != "auto" and self.epochs < 1:
+            raise StrideError(f"epochs must be 'auto' or at least 1, got {self.epochs}")
         weight = self.first_order_weight
         # range check in the same expression as the isinstance checks, so mypy narrows `weight` to a number
         in_range = isinstance(weight, (int, float)) and not isinstance(weight, bool) and 0 <= weight <= 1
@@ -182,13 +189,19 @@ class StrideConfig:
     def resolved(self, output_size: int) -> StrideConfig:
         """These settings with form "auto" made concrete for a model of `output_size` outputs (its
         vocabulary): "logit" up to AUTO_LOGIT_VOCABULARY, else "hashed_logit" with AUTO_BUCKETS
-        buckets and second-order training and measurement. Other forms are kept as they are."""
-        if self.form != AUTO_FORM:
-            return self
-        if output_size <= AUTO_LOGIT_VOCABULARY:
-            return dataclasses.replace(self, form="logit")
-        return dataclasses.replace(self, form="hashed_logit", output_rank=AUTO_BUCKETS,
-                                   measure_expansion="second_order", training_expansion="second_order")  # fmt: skip
+        buckets and second-order training and measurement; other forms are kept as they are. Then
+        epochs "auto" made concrete for the form (AUTO_EPOCHS)."""
+        config = self
+        if self.form == AUTO_FORM and output_size <= AUTO_LOGIT_VOCABULARY:
+            config = dataclasses.replace(self, form="logit")
+        elif self.form == AUTO_FORM:
+            config = dataclasses.replace(
+                self, form="hashed_logit", output_rank=AUTO_BUCKETS, measure_expansion="second_order",
+                training_expansion="second_order",
+            )  # fmt: skip
+        if config.epochs == "auto":
+            config = dataclasses.replace(config, epochs=AUTO_EPOCHS.get(config.form, AUTO_EPOCHS_OTHER))
+        return config
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -246,6 +259,8 @@ def _fits(value: Any, hint: Any) -> bool:
         return isinstance(value, (list, tuple)) and (not args or all(_fits(item, args[0]) for item in value))
     if hint is dict or origin is dict:
         return isinstance(value, dict)
+    if origin is Literal:
+        return any(type(value) is type(allowed) and value == allowed for allowed in args)
     # numbers.Integral / Real also take numpy scalars, which callers in Python may pass.
     if hint is float:  # an integer is always finite (and may be too large for math.isfinite)
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -275,6 +290,8 @@ def _describe(hint: Any, plural: bool = False) -> str:
         return ", ".join(names[:-1]) + " or " + names[-1]
     if hint is list or origin is list:
         return ("lists" if plural else "a list") + (f" of {_describe(args[0], plural=True)}" if args else "")
+    if origin is Literal:
+        return " or ".join(repr(allowed) for allowed in args)
     key = dict if origin is dict else hint
     if key in _NAMES:
         return _NAMES[key][plural]
