@@ -193,3 +193,42 @@ def test_two_designs_with_the_first_order_mix_on_a_classifier(setup):
         assert duplicate in torch.argsort(scores[query], descending=True)[:5].tolist()
     plain = _scores(setup, config=classifier_config(N_TRAIN, epochs=10, designs=2, first_order_weight=0))
     assert not torch.equal(scores, plain)
+
+
+def test_a_partner_is_mixed_in_with_its_classifier_defaults(setup, tmp_path):
+    pytest.importorskip("kronfluence")
+    from stride.method.hybrid import mix
+
+    config = classifier_config(N_TRAIN, epochs=5)
+    alone = _scores(setup, config=config)
+    ekfac = _scores(setup, method="ekfac")  # every linear layer, kronfluence's damping heuristic
+    mixed = _scores(setup, config=classifier_config(N_TRAIN, epochs=5, partner="ekfac"), out_dir=tmp_path / "run")
+    expected = mix(alone.double().numpy(), ekfac.double().numpy(), 0.6)
+    assert torch.allclose(mixed.double(), torch.as_tensor(expected), rtol=1e-5, atol=1e-6)
+    settings = json.loads((tmp_path / "run" / "info.json").read_text())["settings"]["partner_settings"]
+    assert settings["modules"] == "all" and settings["damping_factor"] is None
+    with pytest.raises(StrideError, match="partner must be one of"):
+        _scores(setup, config=classifier_config(N_TRAIN, partner="astra"))
+
+
+@pytest.mark.parametrize(
+    "values,method,partner,expected",
+    [({"epochs": 5}, "stride", None, ({"epochs": 5}, None)),
+     ({"epochs": 5}, "stride", "ekfac", ({"epochs": 5, "partner": "ekfac"}, None)),
+     ({"ekfac": {"damping_factor": 0.1}}, "stride", "ekfac", ({"partner": "ekfac"}, {"damping_factor": 0.1})),
+     ({"stride": {"partner": "trak"}, "trak": {"proj_dim": 64}}, "stride", None,
+      ({"partner": "trak"}, {"proj_dim": 64})),
+     ({"proj_dim": 64}, "trak", None, (None, {"proj_dim": 64})),
+     ({"trak": {"proj_dim": 64}, "stride": {"epochs": 2}}, "trak", None, (None, {"proj_dim": 64}))],
+)  # fmt: skip
+def test_classifier_config_files_give_stride_and_its_partner_their_sections(values, method, partner, expected):
+    from stride.cli import _classifier_settings
+
+    assert _classifier_settings(values, method, partner) == expected
+
+
+def test_partner_flag_needs_stride():
+    from stride.cli import _classifier_settings
+
+    with pytest.raises(StrideError, match="needs --method stride"):
+        _classifier_settings({}, "trak", "ekfac")

@@ -9,6 +9,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -54,8 +55,7 @@ def _attribute_classifier(args: argparse.Namespace) -> None:
     from stride.config import read_mapping_file
 
     values = read_mapping_file(args.config) if args.config else {}
-    section = values.get(args.method, values)  # a file may hold one section per method
-    config, method_settings = (section, None) if args.method == "stride" else (None, section)
+    config, method_settings = _classifier_settings(values, args.method, args.partner)
     factory = load_factory(args.factory)
     model = build_model(factory, args.weights)
     checkpoints = [build_model(factory, path) for path in args.checkpoints]
@@ -67,6 +67,23 @@ def _attribute_classifier(args: argparse.Namespace) -> None:
         device=args.device, dtype=args.dtype,
     )  # fmt: skip
     print(f"wrote {args.out}/scores.safetensors [{scores.shape[0]} x {scores.shape[1]}]")
+
+
+def _classifier_settings(values: dict[str, Any], method: str, partner: str | None
+                         ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:  # fmt: skip
+    """(STRIDE's overrides, the settings of the method or of STRIDE's partner) from a config file's
+    mapping: one section per method, or the method's settings alone."""
+    from stride.classifiers.api import METHODS
+
+    if method != "stride":
+        if partner is not None:
+            raise StrideError("--partner mixes another method into STRIDE's scores; it needs --method stride")
+        return None, values.get(method, values)
+    stride = values.get("stride", {key: value for key, value in values.items() if key not in METHODS})
+    if partner is not None:
+        stride = {**stride, "partner": partner}
+    section = values.get(stride["partner"]) if stride.get("partner") else None
+    return stride, section if isinstance(section, dict) else None
 
 
 def _train_lm(args: argparse.Namespace) -> None:
@@ -256,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--layer", help="steered place: NAME (module output) or NAME:input; default: last Linear's input")
     sub.add_argument("--measurement", choices=["ce", "margin"], default="ce")
     sub.add_argument("--checkpoints", nargs="*", default=[], help="weights of further models: TRAK's ensemble")
+    sub.add_argument(
+        "--partner",
+        metavar="METHOD",
+        help="STRIDE: mix METHOD's scores into STRIDE's (e.g. ekfac; weight `partner_weight`, 0.6)",
+    )
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--overwrite", action="store_true", help="replace a run with other settings in --out")
     placement(sub)
