@@ -158,11 +158,12 @@ def attribute_classifier(
     overrides: dict[str, Any] = {"layer": layer} if layer else {}
     config = dataclasses.replace(config, **overrides)
     config.validate(len(train) if method == "stride" else None)
-    if method == "stride" and config.partner is not None and config.partner not in METHODS[1:]:
-        raise StrideError(f"partner must be one of {list(METHODS[1:])} for classifiers, got {config.partner!r}")
-    settings_of = config.partner if method == "stride" and config.partner is not None else method
+    partners = [name for name in METHODS if name != "stride"]
+    if method == "stride" and config.partner is not None and config.partner not in partners:
+        raise StrideError(f"partner must be one of {partners} for classifiers, got {config.partner!r}")
+    settings_method = config.partner if method == "stride" and config.partner is not None else method
     with RunStore(out_dir).locked() as store:
-        settings = _method_settings(settings_of, method_settings, layer, measurement)
+        settings = _method_settings(settings_method, method_settings, layer, measurement)
         context = MethodContext(model, None, seed, store, model_digest, progress, config, settings, task, ensemble)
         attributor = create_attributor(method, context)  # validates the method's settings
         digests = {"model": model_digest, "train": train.digest, "queries": queries.digest}
