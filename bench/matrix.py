@@ -241,7 +241,7 @@ def run_classifier_cell(cell: Cell, sizes: Sizes, args: argparse.Namespace, meth
             models[0], data["x"], data["y"], data["xq"], data["yq"], method=method,
             checkpoints=models[1:] if method == "trak" else [], seed=0,
             config=settings if method == "stride" else None,
-            method_settings=None if method == "stride" else settings or classifiers.METHOD_SETTINGS.get(method),
+            method_settings=None if method == "stride" else settings,
         ).numpy()  # fmt: skip
         report = evaluate_lds(scores, subsets, losses, seed=0)
         rows[method] = {"lds": report.mean, "ci_low": report.ci_low, "ci_high": report.ci_high,

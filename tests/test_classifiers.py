@@ -83,15 +83,16 @@ def test_residual_form_at_a_named_module_and_trak_ensemble(setup, tmp_path):
     pytest.importorskip("trak")
     torch.manual_seed(1)
     other = nn.Sequential(nn.Linear(DIM, 32), nn.ReLU(), nn.Linear(32, N_CLASSES))
-    ensemble = _scores(setup, method="trak", checkpoints=[setup["model"], other])
-    alone = _scores(setup, method="trak")
+    loss = {"output": "loss"}  # out_to_loss = 1, so the ensemble is the mean of the checkpoints' terms
+    ensemble = _scores(setup, method="trak", checkpoints=[setup["model"], other], method_settings=loss)
+    alone = _scores(setup, method="trak", method_settings=loss)
     assert not torch.allclose(ensemble, alone, rtol=0.05, atol=1e-4)
     for query, duplicate in enumerate(DUPLICATES):  # sign convention: the copy of a query lowers its loss
         assert int(ensemble[query].argmax()) == duplicate and ensemble[query, duplicate] > 0, (query, duplicate)
     # traker averages the checkpoints' scores (times out_to_loss = 1 for the "loss" output). Checkpoint c
     # gets its own count sketch, seeded seed + 7919 c, so each term is TRAK on that checkpoint alone
     # (include_model False) with seed 7919 c.
-    alone_only = {"include_model": False}
+    alone_only = {**loss, "include_model": False}
     terms = [alone] + [_scores(setup, method="trak", checkpoints=[checkpoint], method_settings=alone_only,
                                seed=7919 * position)
                        for position, checkpoint in enumerate([setup["model"], other], start=1)]  # fmt: skip
