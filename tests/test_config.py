@@ -31,10 +31,9 @@ def _one_line_error(build, *fragments: str) -> str:
 
 @pytest.mark.parametrize(
     "values,fragments",
-    [({"epochs": "3"}, ["epochs (STRIDE setting) must be an integer or 'auto', got '3' (str)"]),
-     ({"epochs": 2.5}, ["epochs", "must be an integer or 'auto', got 2.5 (float)"]),
-     ({"epochs": True}, ["epochs", "must be an integer or 'auto', got True (bool)"]),
-     ({"epochs": "Auto"}, ["epochs", "must be an integer or 'auto', got 'Auto' (str)"]),
+    [({"epochs": "3"}, ["epochs (STRIDE setting) must be an integer, got '3' (str)"]),
+     ({"epochs": 2.5}, ["epochs", "must be an integer, got 2.5 (float)"]),
+     ({"epochs": True}, ["epochs", "must be an integer, got True (bool)"]),
      ({"rank": 4.5}, ["rank", "must be an integer, got 4.5 (float)"]),
      ({"n_subsets": "40"}, ["n_subsets", "must be an integer, got '40' (str)"]),
      ({"first_order_dim": 1.5}, ["first_order_dim", "must be an integer, got 1.5"]),
@@ -54,8 +53,7 @@ def test_stride_settings_of_the_wrong_type_are_refused(values, fragments):
 @pytest.mark.parametrize(
     "values",
     [{"first_order_weight": "auto"}, {"first_order_weight": 0.3}, {"first_order_weight": 1}, {"layer": None},
-     {"layer": 1}, {"layer": "transformer.h.1"}, {"max_length": None}, {"max_length": 64}, {"learning_rate": 1},
-     {"epochs": "auto"}, {"epochs": 2}],
+     {"layer": 1}, {"layer": "transformer.h.1"}, {"max_length": None}, {"max_length": 64}, {"learning_rate": 1}],
 )  # fmt: skip
 def test_stride_settings_of_the_right_type_are_accepted(values):
     config = StrideConfig.from_dict(values)
@@ -65,7 +63,7 @@ def test_stride_settings_of_the_right_type_are_accepted(values):
 
 @pytest.mark.parametrize(
     "fields,fragment",
-    [({"epochs": "3"}, "epochs (STRIDE setting) must be an integer or 'auto', got '3' (str)"),
+    [({"epochs": "3"}, "epochs (STRIDE setting) must be an integer, got '3' (str)"),
      ({"learning_rate": math.nan}, "learning_rate (STRIDE setting) must be a finite number, got nan"),
      ({"lasso_lambda": math.inf}, "lasso_lambda (STRIDE setting) must be a finite number, got inf")],
 )  # fmt: skip
@@ -115,7 +113,7 @@ def test_recipe_settings_of_the_wrong_type_are_refused():
 def test_config_file_of_the_wrong_type(tmp_path: Path, suffix: str, text: str):
     path = tmp_path / f"stride{suffix}"
     path.write_text(text)
-    _one_line_error(lambda: StrideConfig.from_file(path), "epochs (STRIDE setting) must be an integer or 'auto', got '3' (str)")
+    _one_line_error(lambda: StrideConfig.from_file(path), "epochs (STRIDE setting) must be an integer, got '3' (str)")
 
 
 def test_cli_prints_one_line_and_exits_with_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
@@ -126,18 +124,4 @@ def test_cli_prints_one_line_and_exits_with_2(tmp_path: Path, capsys: pytest.Cap
                  str(tmp_path / "out"), "--config", str(config)])  # fmt: skip
     assert code == 2
     err = capsys.readouterr().err
-    assert err == "stride: error: epochs (STRIDE setting) must be an integer or 'auto', got '3' (str)\n"
-
-
-@pytest.mark.parametrize(
-    "form,output_size,epochs,expected",
-    [("auto", 1024, "auto", ("logit", 4)), ("auto", 50_257, "auto", ("hashed_logit", 3)),
-     ("residual", 1024, "auto", ("residual", 3)), ("auto", 1024, 2, ("logit", 2)), ("auto", 50_257, 5, ("hashed_logit", 5))],
-)  # fmt: skip
-def test_epochs_auto_is_made_concrete_per_form_and_an_explicit_count_is_kept(form, output_size, epochs, expected):
-    resolved = StrideConfig(form=form, epochs=epochs).resolved(output_size)
-    assert (resolved.form, resolved.epochs) == expected
-
-
-def test_epochs_below_one_are_refused():
-    _one_line_error(lambda: StrideConfig(epochs=0).validate(), "epochs must be 'auto' or at least 1, got 0")
+    assert err == "stride: error: epochs (STRIDE setting) must be an integer, got '3' (str)\n"

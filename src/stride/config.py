@@ -11,7 +11,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from stride.errors import StrideError
 
@@ -19,8 +19,6 @@ FORMS = ("residual", "logit", "shared_logit", "hashed_logit")
 AUTO_FORM = "auto"
 AUTO_LOGIT_VOCABULARY = 16_384  # form "auto": the logit form up to this many outputs, hashed_logit above
 AUTO_BUCKETS = 1024  # form "auto": hashed_logit's buckets
-AUTO_EPOCHS = {"logit": 4}  # epochs "auto": per form (docs/ablations.md §28); the other forms take AUTO_EPOCHS_OTHER
-AUTO_EPOCHS_OTHER = 3
 EXPANSIONS = ("exact", "second_order")
 OUTPUT_INITS = ("random", "head")
 LAMBDA_RULES = ("cv", "fixed")
@@ -51,10 +49,9 @@ class StrideConfig:
         subsets_per_example: number d of subsets every training example belongs to.
         designs: independent subset designs (each its own membership, basis and operators, from
             its own seed); their recovered scores are averaged. Cost grows linearly with it.
-        epochs: passes over the (example, subset) pairs while training the operators, or "auto"
-            (default): 4 for the logit form, where a fourth pass gained on both halves of the benchmark
-            matrix, and 3 for the others, where it gained nothing at a 50k vocabulary (hashed_logit)
-            or was not measured, while it adds a base pass over the training set.
+        epochs: passes over the (example, subset) pairs while training the operators (4: a fourth
+            pass gained on both halves of the benchmark matrix, logit and hashed_logit forms alike;
+            docs/ablations.md §28).
         batch_size: training examples per step (each is expanded to its d subsets).
         first_order_weight: weight w of the first-order scores of the logit family (restricted
             gradients with a rank-64 basis, count-sketched) mixed into the designs' Lasso scores:
@@ -106,7 +103,7 @@ class StrideConfig:
     designs: int = 2
     first_order_weight: float | str = "auto"
     first_order_dim: int = 4096
-    epochs: int | Literal["auto"] = "auto"
+    epochs: int = 4
     batch_size: int = 16
     length_grouping: int = 32
     learning_rate: float = 3e-3
@@ -160,13 +157,11 @@ class StrideConfig:
                 f"subsets_per_example (d) must be between 1 and n_subsets (K={self.n_subsets}), "
                 f"got {self.subsets_per_example}"
             )
-        positive = ("rank", "output_rank", "designs", "first_order_dim", "batch_size", "measure_rows",
+        positive = ("rank", "output_rank", "designs", "first_order_dim", "epochs", "batch_size", "measure_rows",
                     "checkpoint_every", "cv_queries")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise StrideError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.epochs != "auto" and self.epochs < 1:
-            raise StrideError(f"epochs must be 'auto' or at least 1, got {self.epochs}")
         weight = self.first_order_weight
         # range check in the same expression as the isinstance checks, so mypy narrows `weight` to a number
         in_range = isinstance(weight, (int, float)) and not isinstance(weight, bool) and 0 <= weight <= 1
@@ -189,19 +184,13 @@ class StrideConfig:
     def resolved(self, output_size: int) -> StrideConfig:
         """These settings with form "auto" made concrete for a model of `output_size` outputs (its
         vocabulary): "logit" up to AUTO_LOGIT_VOCABULARY, else "hashed_logit" with AUTO_BUCKETS
-        buckets and second-order training and measurement; other forms are kept as they are. Then
-        epochs "auto" made concrete for the form (AUTO_EPOCHS)."""
-        config = self
-        if self.form == AUTO_FORM and output_size <= AUTO_LOGIT_VOCABULARY:
-            config = dataclasses.replace(self, form="logit")
-        elif self.form == AUTO_FORM:
-            config = dataclasses.replace(
-                self, form="hashed_logit", output_rank=AUTO_BUCKETS, measure_expansion="second_order",
-                training_expansion="second_order",
-            )  # fmt: skip
-        if config.epochs == "auto":
-            config = dataclasses.replace(config, epochs=AUTO_EPOCHS.get(config.form, AUTO_EPOCHS_OTHER))
-        return config
+        buckets and second-order training and measurement. Other forms are kept as they are."""
+        if self.form != AUTO_FORM:
+            return self
+        if output_size <= AUTO_LOGIT_VOCABULARY:
+            return dataclasses.replace(self, form="logit")
+        return dataclasses.replace(self, form="hashed_logit", output_rank=AUTO_BUCKETS,
+                                   measure_expansion="second_order", training_expansion="second_order")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -259,8 +248,6 @@ def _fits(value: Any, hint: Any) -> bool:
         return isinstance(value, (list, tuple)) and (not args or all(_fits(item, args[0]) for item in value))
     if hint is dict or origin is dict:
         return isinstance(value, dict)
-    if origin is Literal:
-        return any(type(value) is type(allowed) and value == allowed for allowed in args)
     # numbers.Integral / Real also take numpy scalars, which callers in Python may pass.
     if hint is float:  # an integer is always finite (and may be too large for math.isfinite)
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -290,8 +277,6 @@ def _describe(hint: Any, plural: bool = False) -> str:
         return ", ".join(names[:-1]) + " or " + names[-1]
     if hint is list or origin is list:
         return ("lists" if plural else "a list") + (f" of {_describe(args[0], plural=True)}" if args else "")
-    if origin is Literal:
-        return " or ".join(repr(allowed) for allowed in args)
     key = dict if origin is dict else hint
     if key in _NAMES:
         return _NAMES[key][plural]

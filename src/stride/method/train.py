@@ -229,8 +229,6 @@ class OperatorTrainer:
             start_step = self._load(checkpoint, log)
             log.resumed_from_step = start_step
         started = time.perf_counter()
-        if not isinstance(self.config.epochs, int):
-            raise ValueError(f"epochs {self.config.epochs!r} is not resolved (StrideConfig.resolved) before training")
         per_epoch, total = self.steps_per_epoch, self.steps_per_epoch * self.config.epochs
         sums = np.zeros(3)
         counts = np.zeros(3)
