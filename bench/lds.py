@@ -159,7 +159,7 @@ def run_regime(name: str, args: argparse.Namespace, methods: list[str]) -> list[
         settings = args.method_settings.get(method, default_settings.get(method, {}))
         config = StrideConfig.from_dict(settings) if method == "stride" else StrideConfig()
         if method == "stride":  # STRIDE's other settings are its partner's, when it has one
-            settings = partner_settings(config, args.method_settings)
+            settings = partner_settings(config.partner, args.method_settings)
         out = root / "runs" / f"{method}{args.tag}"
         result = attribute(model, data["train"], data["queries"], out, method=method, config=config,
                            threads=args.threads, method_settings=settings, overwrite=True)  # fmt: skip

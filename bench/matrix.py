@@ -156,7 +156,7 @@ def run_method(method: str, model: Path, data: dict[str, Path], root: Path, trut
     settings = args.method_settings.get(method, default_settings.get(method, {}))
     config = StrideConfig.from_dict(settings) if method == "stride" else StrideConfig()
     if method == "stride":  # STRIDE's other settings are its partner's, when it has one
-        settings = partner_settings(config, args.method_settings)
+        settings = partner_settings(config.partner, args.method_settings)
     out = root / "runs" / run_name(method, args)
     try:
         result = attribute(model, data["train"], data["queries"], out, method=method, config=config,

@@ -74,16 +74,15 @@ def _classifier_settings(values: dict[str, Any], method: str, partner: str | Non
     """(STRIDE's overrides, the settings of the method or of STRIDE's partner) from a config file's
     mapping: one section per method, or the method's settings alone."""
     from stride.classifiers.api import METHODS
+    from stride.config import check_partner_method, partner_settings
 
+    check_partner_method(method, partner)
     if method != "stride":
-        if partner is not None:
-            raise StrideError("--partner mixes another method into STRIDE's scores; it needs --method stride")
         return None, values.get(method, values)
     stride = values.get("stride", {key: value for key, value in values.items() if key not in METHODS})
     if partner is not None:
         stride = {**stride, "partner": partner}
-    section = values.get(stride["partner"]) if stride.get("partner") else None
-    return stride, section if isinstance(section, dict) else None
+    return stride, partner_settings(stride.get("partner"), values) or None
 
 
 def _train_lm(args: argparse.Namespace) -> None:

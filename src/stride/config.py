@@ -308,19 +308,26 @@ def method_options(method: str, config_path: str | Path | None,
     """STRIDE's config or another method's settings from a JSON/YAML file (a file may hold one section
     per method). For STRIDE, `partner` (a command-line choice) replaces the file's, and the other
     settings returned are the partner's section of the file, when it has one."""
-    if partner is not None and method != "stride":
-        raise StrideError(f"--partner mixes another method into STRIDE's scores; the method is {method}")
+    check_partner_method(method, partner)
     values = read_mapping_file(config_path) if config_path else {}
     if method != "stride":
         return StrideConfig(), values.get(method, values)
     config = StrideConfig.from_file(config_path) if config_path else StrideConfig()
     if partner is not None:
         config = dataclasses.replace(config, partner=partner)
-    return config, partner_settings(config, values)
+    return config, partner_settings(config.partner, values)
 
 
-def partner_settings(config: StrideConfig, sections: dict[str, Any]) -> dict[str, Any]:
+def check_partner_method(method: str, partner: str | None) -> None:
+    """Refuse a partner (the command line's --partner) for any method but STRIDE."""
+    if partner is not None and method != "stride":
+        raise StrideError(
+            f"--partner mixes another method into STRIDE's scores; it needs --method stride, not {method}"
+        )
+
+
+def partner_settings(partner: str | None, sections: dict[str, Any]) -> dict[str, Any]:
     """The settings of STRIDE's partner method: its section of `sections` (a mapping of method name ->
     settings, as a config file holds them), {} without a partner or a section."""
-    section = sections.get(config.partner) if config.partner else None
+    section = sections.get(partner) if partner else None
     return section if isinstance(section, dict) else {}
