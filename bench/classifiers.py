@@ -1,7 +1,8 @@
 """LDS and counterfactual benchmark of STRIDE and the baselines on small scikit-learn classifiers.
 
 Datasets (bundled with scikit-learn, offline): `digits` (8x8 images, 10 classes; an MLP
-64-128-10) and `breast_cancer` (30 standardised tabular features, 2 classes; an MLP 30-64-2).
+64-128-10), `breast_cancer` (30 standardised tabular features, 2 classes; an MLP 30-64-2) and
+`wine` (13 standardised tabular features, 3 classes; an MLP 13-32-3).
 Each is split once at random into a training set and held-out queries.
 
 Training recipe (the attributed model, its TRAK ensemble and every retrain): full-batch Adam
@@ -66,6 +67,7 @@ class Recipe:
 RECIPES = {
     "digits": Recipe(n_train=800, n_queries=200, hidden=128),
     "breast_cancer": Recipe(n_train=400, n_queries=169, hidden=64),
+    "wine": Recipe(n_train=120, n_queries=58, hidden=32),
 }
 # Every method runs with the API's classifier defaults, chosen on another split (seed 1, 50 halves x
 # 2 seeds) of both datasets, never on the benchmark's own ground truth. STRIDE: `classifier_config`.
@@ -77,9 +79,10 @@ TRAK_ENSEMBLE = 5  # the attributed model and four more trained with other seeds
 
 def load(name: str, recipe: Recipe, seed: int) -> dict[str, torch.Tensor]:
     """Random train/query split; digits scaled to [0, 1], tabular features standardised on the training part."""
-    from sklearn.datasets import load_breast_cancer, load_digits
+    from sklearn.datasets import load_breast_cancer, load_digits, load_wine
 
-    inputs, labels = (load_digits if name == "digits" else load_breast_cancer)(return_X_y=True)
+    loaders = {"digits": load_digits, "breast_cancer": load_breast_cancer, "wine": load_wine}
+    inputs, labels = loaders[name](return_X_y=True)
     order = np.random.default_rng(seed).permutation(len(inputs))
     train, queries = order[: recipe.n_train], order[recipe.n_train : recipe.n_train + recipe.n_queries]
     inputs = inputs.astype(np.float64)

@@ -204,12 +204,31 @@ def test_a_partner_is_mixed_in_with_its_classifier_defaults(setup, tmp_path):
     alone = _scores(setup, config=config)
     ekfac = _scores(setup, method="ekfac")  # every linear layer, kronfluence's damping heuristic
     mixed = _scores(setup, config=classifier_config(N_TRAIN, epochs=5, partner="ekfac"), out_dir=tmp_path / "run")
-    expected = mix(alone.double().numpy(), ekfac.double().numpy(), 0.6)
+    expected = mix(alone.double().numpy(), ekfac.double().numpy(), 0.5)  # the classifier partner weight
     assert torch.allclose(mixed.double(), torch.as_tensor(expected), rtol=1e-5, atol=1e-6)
     settings = json.loads((tmp_path / "run" / "info.json").read_text())["settings"]["partner_settings"]
     assert settings["modules"] == "all" and settings["damping_factor"] is None
     with pytest.raises(StrideError, match="partner must be one of"):
         _scores(setup, config=classifier_config(N_TRAIN, partner="astra"))
+
+
+def test_the_default_second_bank_steers_the_first_linear_layers_input(setup, tmp_path):
+    from stride.method.hybrid import mix
+
+    scores = _scores(setup, config={"epochs": 5}, out_dir=tmp_path / "both")
+    info = json.loads((tmp_path / "both" / "info.json").read_text())
+    assert info["settings"]["second_layer"] == "0:input" and info["settings"]["designs"] == 2
+    assert "second_operators_design1" in info["stages"]
+    first = _scores(setup, config={"epochs": 5, "second_layer": None})
+    second = _scores(setup, config=classifier_config(N_TRAIN, epochs=5, form="residual", layer="0:input"),
+                     seed=2 * 1_000_003)  # fmt: skip
+    expected = mix(first.double().numpy(), second.double().numpy(), 0.7)
+    assert torch.allclose(scores.double(), torch.as_tensor(expected), rtol=1e-5, atol=1e-6)
+    for query, duplicate in enumerate(DUPLICATES):
+        assert duplicate in torch.argsort(scores[query], descending=True)[:5].tolist()
+    single_linear = nn.Sequential(nn.Flatten(), nn.Linear(DIM, N_CLASSES))
+    assert classifier_config(N_TRAIN, single_linear).second_layer is None  # its one input is the first bank's place
+    assert classifier_config(N_TRAIN, setup["model"]).second_layer == "0:input"
 
 
 @pytest.mark.parametrize(

@@ -91,6 +91,13 @@ class StrideConfig:
             the whole run does.
         partner_weight: the partner's weight w in [0, 1] (0.6: chosen with partner astra on half A of
             the benchmark matrix, confirmed on half B; README "Benchmark"; 0.7 with 3 epochs).
+        second_layer: the place of a second operator bank, in the residual form (h' = h + a_k B h):
+            a second STRIDE run with these settings there, on designs of its own, whose scores are
+            mixed into the first bank's per query in standard units at `second_weight` (before the
+            partner's). A block index for causal LMs (e.g. the default block after gentle
+            fine-tuning), a place ("NAME" or "NAME:input") for classifiers. None: one bank.
+        second_weight: the second bank's weight in [0, 1] (0.7: chosen on half A's classifier cell
+            and on half A's gentle fine-tuning cell of the benchmark matrix, confirmed on half B's).
     """
 
     form: str = AUTO_FORM
@@ -124,6 +131,8 @@ class StrideConfig:
     checkpoint_every: int = 50
     partner: str | None = None
     partner_weight: float = 0.6
+    second_layer: int | str | None = None
+    second_weight: float = 0.7
 
     def validate(self, n_train: int | None = None) -> None:
         """Raise StrideError naming the first setting of the wrong type or out of range."""
@@ -169,6 +178,8 @@ class StrideConfig:
             raise StrideError(f"first_order_weight must be 'auto' or a number in [0, 1], got {weight!r}")
         if not 0.0 <= self.partner_weight <= 1.0:
             raise StrideError(f"partner_weight must be in [0, 1], got {self.partner_weight}")
+        if not 0.0 <= self.second_weight <= 1.0:
+            raise StrideError(f"second_weight must be in [0, 1], got {self.second_weight}")
         if self.length_grouping < 0:
             raise StrideError(f"length_grouping must be 0 or more, got {self.length_grouping}")
         if not 0.0 <= self.stability_fraction <= 1.0:

@@ -3,7 +3,8 @@
 A place is written "NAME" (the output of module NAME, as `model.named_modules()` names it) or
 "NAME:input" (its input). The default is the input of the last `nn.Linear` in registration
 order, the penultimate representation that the classification head reads, which is where
-representation-based attribution usually looks. The representation there is flattened to
+representation-based attribution usually looks (STRIDE's second bank, by default, steers the input
+of the first nn.Linear: `default_second_place`). The representation there is flattened to
 [rows, features]. The logit form adds a_k B h to the logits; the residual form replaces the value
 at the place by h + a_k B h through a hook and runs the whole model again (classifiers are small,
 so no block-by-block replay as for causal LMs). The module must run once per forward pass.
@@ -33,6 +34,14 @@ def default_place(model: nn.Module) -> str:
         raise StrideError(f"{type(model).__name__} has no nn.Linear layer: pass layer='MODULE' (steer its output) "
                           "or layer='MODULE:input'")  # fmt: skip
     return names[-1] + INPUT_SUFFIX
+
+
+def default_second_place(model: nn.Module) -> str | None:
+    """The input of the model's first nn.Linear (an MLP's input features): where STRIDE's second bank
+    steers a classifier by default. None when the model has a single nn.Linear, whose input the
+    first bank already reads."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    return names[0] + INPUT_SUFFIX if len(names) > 1 else None
 
 
 class SteeredClassifier(Steered):

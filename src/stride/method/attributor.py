@@ -36,7 +36,7 @@ from stride.method.expansion import measured_responses, pass_queries
 from stride.method.first_order import first_order_family, restricted_gradients
 from stride.method.hybrid import cross_fitted_weight, mix
 from stride.method.membership import example_subsets, membership_matrix, subset_sizes
-from stride.method.operators import HASHED_LOGIT, LOGIT, SHARED_LOGIT, OperatorBank, head_output_basis
+from stride.method.operators import HASHED_LOGIT, LOGIT, RESIDUAL, SHARED_LOGIT, OperatorBank, head_output_basis
 from stride.method.query_blocks import QueryRange, block_stage, query_blocks
 from stride.method.recover import (
     CV_LAMBDAS,
@@ -83,8 +83,10 @@ class StrideAttributor(Attributor):
     """Attribution with steering operators on random subsets and per-query Lasso recovery.
 
     `task` says how the model is fed, where it is steered and what a loss is (default: a causal LM).
-    Each design's trained operators are kept in `banks_` under the design's name. `partner`: another
-    method whose scores are mixed into the final ones (`config.partner_weight`; see `create`)."""
+    Each design's trained operators are kept in `banks_` under the design's name. `second`: STRIDE's
+    second operator bank (`config.second_layer`), whose scores are mixed in at `config.second_weight`;
+    `partner`: another method whose scores are mixed into the final ones (`config.partner_weight`;
+    see `create`)."""
 
     name = "stride"
 
@@ -98,6 +100,7 @@ class StrideAttributor(Attributor):
         progress: bool = True,
         task: Task | None = None,
         partner: Attributor | None = None,
+        second: StrideAttributor | None = None,
     ):
         super().__init__(store)
         self.model = model
@@ -107,6 +110,7 @@ class StrideAttributor(Attributor):
         self.progress = progress
         self.task = task or CausalLMTask()
         self.partner = partner
+        self.second = second
         self.steered_ = self.task.steered(model, self.config.layer)
         self.layer = self.steered_.location
         self.designs_: list[Design] = []
@@ -160,15 +164,19 @@ class StrideAttributor(Attributor):
         self.designs_ = [self._prepare_design(train, design) for design in range(self.config.designs)]
         if self._first_order_weight(len(train)) != 0.0:
             self._prepare_first_order(train)
-        if self.partner is not None:
-            self.partner.prepare(train)
-            self._record_partner()
+        for prefix, other in self._others():
+            other.prepare(train)
+            self._record(prefix, other)
 
-    def _record_partner(self) -> None:
-        """The partner's stage seconds and records, under "partner_" names, with STRIDE's."""
-        assert self.partner is not None
-        self.timings.update({f"partner_{name}": seconds for name, seconds in self.partner.timings.items()})
-        self.stage_info.update({f"partner_{name}": info for name, info in self.partner.stage_info.items()})
+    def _others(self) -> list[tuple[str, Attributor]]:
+        """The second bank and the partner (those this run has), with the prefix of their records."""
+        named: list[tuple[str, Attributor | None]] = [("second", self.second), ("partner", self.partner)]
+        return [(prefix, other) for prefix, other in named if other is not None]
+
+    def _record(self, prefix: str, other: Attributor) -> None:
+        """Another attributor's stage seconds and records, under "PREFIX_" names, with STRIDE's."""
+        self.timings.update({f"{prefix}_{name}": seconds for name, seconds in other.timings.items()})
+        self.stage_info.update({f"{prefix}_{name}": info for name, info in other.stage_info.items()})
 
     def training_parts(self, n_train: int) -> int:
         """Independent parts of a sharded run's training phase: the designs, and the first-order
@@ -183,13 +191,15 @@ class StrideAttributor(Attributor):
                 designs * len(query_blocks(n_queries)))  # fmt: skip
 
     def n_parts(self, train: Examples, queries: Examples) -> int:
-        return max(self._phase_parts(train, queries))
+        second = self.second.n_parts(train, queries) if self.second is not None else 0
+        return max(*self._phase_parts(train, queries), second)
 
     def parts_description(self, train: Examples, queries: Examples) -> str:
         training, measuring, recovering = self._phase_parts(train, queries)
         first_order = " and the first-order features" if training > self.config.designs else ""
+        second = f"; the second bank: {self.second.parts_description(train, queries)}" if self.second else ""
         return (f"{self.config.designs} design(s){first_order} to train, {measuring} (design, query block) "
-                f"pair(s) to measure, {recovering} to recover")  # fmt: skip
+                f"pair(s) to measure, {recovering} to recover{second}")  # fmt: skip
 
     def shard_phases(self, train: Examples, queries: Examples, shard: Shard) -> list[Callable[[], None]]:
         """This process's share of a sharded run (`stride.distributed`), as steps that every process
@@ -197,11 +207,16 @@ class StrideAttributor(Attributor):
         size; the first-order features are part `designs`), measure its (design, query block) pairs
         (round robin over the ranks), store whole the responses of the designs it owns (rank 0 also
         the cross-validated penalty), recover its (design, query block) pairs. Every result lands
-        in the run folder, where rank 0's single-process path then finds it."""
-        return [partial(self._train_shard, train, queries, shard),
-                partial(self._measure_shard, train, queries, shard),
-                partial(self._assemble_shard, queries, shard),
-                partial(self._recover_shard, queries, shard)]  # fmt: skip
+        in the run folder, where rank 0's single-process path then finds it. The second bank's
+        steps run within the same phases, after the first bank's."""
+        phases: list[Callable[[], None]] = [
+            partial(self._train_shard, train, queries, shard), partial(self._measure_shard, train, queries, shard),
+            partial(self._assemble_shard, queries, shard), partial(self._recover_shard, queries, shard),
+        ]  # fmt: skip
+        if self.second is None:
+            return phases
+        second = self.second.shard_phases(train, queries, shard)
+        return [partial(_in_turn, first, then) for first, then in zip(phases, second, strict=True)]
 
     def _train_shard(self, train: Examples, queries: Examples, shard: Shard) -> None:
         self._resolve_form(train)
@@ -499,6 +514,11 @@ class StrideAttributor(Attributor):
             responses.append(measured.double().numpy())
         self.lambda_ = penalty
         mixture = Mixture(SparseRows.mean(recovered), designs=recovered)
+        if self.second is not None:
+            mixture.second = self.second.score(queries)
+            mixture.second_se = self.second.scores_se_
+            mixture.second_weight = self.config.second_weight
+            self._record("second", self.second)
         weight = self._first_order_weight(mixture.lasso.shape[1])
         if weight != 0.0:
             mixture.query_features = self._first_order_query_features(queries)
@@ -511,7 +531,7 @@ class StrideAttributor(Attributor):
         if self.partner is not None:
             mixture.partner = self.partner.score(queries)
             mixture.partner_weight = self.config.partner_weight
-            self._record_partner()
+            self._record("partner", self.partner)
         return mixture
 
     def _cross_fitted_weight(self, recovered: list[SparseRows], responses: list[np.ndarray], mixture: Mixture,
@@ -533,54 +553,96 @@ class StrideAttributor(Attributor):
         return max(criteria, key=criteria.__getitem__), criteria
 
 
+def _in_turn(first: Callable[[], None], then: Callable[[], None]) -> None:
+    first()
+    then()
+
+
 @dataclass
 class Mixture:
     """STRIDE's final scores, row chunk by row chunk: the designs' averaged Lasso scores, mixed with
     the first-order scores (query features x training features) at `weight` when those are given,
-    and that mixed with a partner method's scores at `partner_weight` when they are given."""
+    that mixed with the second bank's scores at `second_weight`, and that with a partner method's
+    scores at `partner_weight`, when they are given."""
 
     lasso: SparseRows
     query_features: torch.Tensor | None = None
     train_features: torch.Tensor | None = None
     weight: float = 0.0
     designs: list[SparseRows] = field(default_factory=list)
+    second: torch.Tensor | None = None
+    second_se: torch.Tensor | None = None
+    second_weight: float = 0.0
     partner: torch.Tensor | None = None
     partner_weight: float = 0.0
 
     def standard_errors(self, start: int, stop: int) -> torch.Tensor | None:
         """Standard errors of the scores of queries start..stop: the designs' spread, std / sqrt(D),
-        carried through the mix (whose Lasso part has weight 1 - w; the first-order part is the same
-        for every design). None with fewer than two designs."""
-        if len(self.designs) < 2:
-            return None
-        spread = torch.stack([design.dense(start, stop).double() for design in self.designs]).std(dim=0)
-        share = 1.0 - self.weight if self.query_features is not None else 1.0
-        if self.partner is not None:  # the partner's scores are the same for every design
-            share *= 1.0 - self.partner_weight
-        return (share * spread / len(self.designs) ** 0.5).float()
+        carried through the mix (whose Lasso part has weight 1 - w; the first-order part and the
+        partner's scores are the same for every design), and the second bank's own standard errors
+        carried through its weight and onto the first bank's scale. None when neither bank has two
+        designs."""
+        share = 1.0 - self.partner_weight if self.partner is not None else 1.0
+        variance = None
+        if len(self.designs) >= 2:
+            spread = torch.stack([design.dense(start, stop).double() for design in self.designs]).std(dim=0)
+            first = (1.0 - self.weight if self.query_features is not None else 1.0) * share
+            if self.second is not None:
+                first *= 1.0 - self.second_weight
+            variance = (first * spread / len(self.designs) ** 0.5) ** 2
+        if self.second is not None and self.second_se is not None:
+            second = self.second[start:stop].double()
+            scale = torch.as_tensor(self._first_bank(start, stop).std(axis=1, ddof=0, keepdims=True))
+            spread = second.std(dim=1, correction=0, keepdim=True)
+            carried = self.second_weight * share * self.second_se[start:stop].double() * scale / spread.clamp_min(1e-30)
+            variance = carried**2 if variance is None else variance + carried**2
+        return None if variance is None else variance.sqrt().float()
 
     def first_order(self, start: int, stop: int) -> np.ndarray:
         if self.query_features is None or self.train_features is None:
             raise RuntimeError("this mixture has no first-order scores")
         return (self.query_features[start:stop] @ self.train_features.T).double().numpy()
 
-    def rows(self, start: int, stop: int) -> torch.Tensor:
-        """Scores of queries start..stop (float64 [stop - start, n_train])."""
+    def _first_bank(self, start: int, stop: int) -> np.ndarray:
+        """The first bank's scores of queries start..stop: its Lasso scores, mixed with the first-order scores."""
         scores = self.lasso.dense(start, stop).double().numpy()
         if self.query_features is not None:
             scores = mix(scores, self.first_order(start, stop), self.weight)
+        return scores
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """Scores of queries start..stop (float64 [stop - start, n_train])."""
+        scores = self._first_bank(start, stop)
+        if self.second is not None:
+            scores = mix(scores, self.second[start:stop].double().numpy(), self.second_weight)
         if self.partner is not None:
             scores = mix(scores, self.partner[start:stop].double().numpy(), self.partner_weight)
         return torch.as_tensor(scores)
 
 
 def create(context: MethodContext) -> StrideAttributor:
-    """STRIDE, with its partner method (`config.partner`, set up from `context.settings`) when it has one."""
+    """STRIDE, with its second bank (`config.second_layer`) and its partner method (`config.partner`,
+    set up from `context.settings`) when it has them."""
     return StrideAttributor(
         context.model, context.stride_config, seed=context.seed, store=context.store,
         model_digest=context.model_digest, progress=context.progress, task=context.task,
-        partner=create_partner(context),
+        partner=create_partner(context), second=create_second_bank(context),
     )  # fmt: skip
+
+
+def create_second_bank(context: MethodContext) -> StrideAttributor | None:
+    """STRIDE's second operator bank (None without `second_layer`): the run's settings in the residual
+    form at `second_layer`, without a partner, on designs whose seeds continue the first bank's. It
+    keeps its stages in its own run store inside the run's stages folder."""
+    config = context.stride_config
+    if config.second_layer is None:
+        return None
+    second = replace(config, form=RESIDUAL, layer=config.second_layer, second_layer=None, partner=None,
+                     measure_expansion="exact", training_expansion="exact")  # fmt: skip
+    store = RunStore(context.store.root / STAGES / "second_bank") if context.store is not None else None
+    return StrideAttributor(context.model, second, seed=context.seed + DESIGN_SEED_STRIDE * config.designs,
+                            store=store, model_digest=context.model_digest, progress=context.progress,
+                            task=context.task)  # fmt: skip
 
 
 def create_partner(context: MethodContext) -> Attributor | None:
