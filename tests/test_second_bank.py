@@ -40,7 +40,8 @@ def test_second_bank_scores_are_the_mix_of_both_banks(gpt2_dir, corpus, tmp_path
     a, b = first.scores.double().numpy(), second.scores.double().numpy()
     assert np.allclose(both.scores.double().numpy(), mix(a, b, 0.3), rtol=1e-5, atol=1e-6)
     # standard errors: the first bank's carried at 0.7, the second's at 0.3 on the first bank's scale
-    carried = 0.3 * _se(tmp_path / "second") * torch.as_tensor(a.std(axis=1, keepdims=True) / b.std(axis=1, keepdims=True))
+    scale = torch.as_tensor(a.std(axis=1, keepdims=True) / b.std(axis=1, keepdims=True))
+    carried = 0.3 * _se(tmp_path / "second") * scale
     expected = ((0.7 * _se(tmp_path / "first")) ** 2 + carried**2).sqrt()
     assert torch.allclose(_se(tmp_path / "both"), expected, rtol=1e-4, atol=1e-9)
     info = json.loads((tmp_path / "both" / "info.json").read_text())
@@ -58,9 +59,13 @@ def test_second_bank_scores_are_the_mix_of_both_banks(gpt2_dir, corpus, tmp_path
     assert not stages["second_responses"]["reused"]
 
 
-def test_bad_second_weight_is_refused(gpt2_dir, corpus, tmp_path):
-    with pytest.raises(StrideError, match="second_weight must be in"):
-        _run(gpt2_dir, corpus, tmp_path / "run", second_layer=0, second_weight=1.5)
+@pytest.mark.parametrize("config, message", [
+    ({"second_layer": 0, "second_weight": 1.5}, "second_weight must be in"),
+    ({"second_layer": 99}, "second_layer 99: "),
+])  # fmt: skip
+def test_bad_second_bank_is_refused(gpt2_dir, corpus, tmp_path, config, message):
+    with pytest.raises(StrideError, match=message):
+        _run(gpt2_dir, corpus, tmp_path / "run", **config)
     assert not (tmp_path / "run" / "run.json").exists()
 
 

@@ -640,9 +640,12 @@ def create_second_bank(context: MethodContext) -> StrideAttributor | None:
     second = replace(config, form=RESIDUAL, layer=config.second_layer, second_layer=None, partner=None,
                      measure_expansion="exact", training_expansion="exact")  # fmt: skip
     store = RunStore(context.store.root / STAGES / "second_bank") if context.store is not None else None
-    return StrideAttributor(context.model, second, seed=context.seed + DESIGN_SEED_STRIDE * config.designs,
-                            store=store, model_digest=context.model_digest, progress=context.progress,
-                            task=context.task)  # fmt: skip
+    try:
+        return StrideAttributor(context.model, second, seed=context.seed + DESIGN_SEED_STRIDE * config.designs,
+                                store=store, model_digest=context.model_digest, progress=context.progress,
+                                task=context.task)  # fmt: skip
+    except StrideError as exc:  # the steered place does not exist: say which setting named it
+        raise StrideError(f"second_layer {config.second_layer!r}: {exc}") from None
 
 
 def create_partner(context: MethodContext) -> Attributor | None:

@@ -25,6 +25,8 @@ NO_STORED_STAGE = {
     "checkpoint_every": "how often training saves its resumable state",
     "partner": "the partner method's stages are stored in its own run store, with its own arguments",
     "partner_weight": "applied when the scores are mixed, after every stored stage",
+    "second_layer": "the second bank's stages are stored in its own run store, with its own arguments",
+    "second_weight": "applied when the scores are mixed, after every stored stage",
     "lasso_lambda": "recorded by RecoveryArguments as `penalty`, the penalty used",
 }
 
