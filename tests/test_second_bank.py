@@ -92,3 +92,14 @@ def test_sharded_phases_train_and_measure_the_second_bank_too(gpt2_dir, corpus, 
     fresh = attributor(tmp_path / "fresh")
     fresh.prepare(train)
     assert torch.equal(scores, fresh.score(queries))
+
+
+def test_top_k_with_a_second_bank_equals_the_dense_scores(gpt2_dir, corpus, tmp_path, monkeypatch):
+    """Both banks' scores are made two queries at a time for --top-k, and rank as the dense ones do."""
+    dense = _run(gpt2_dir, corpus, tmp_path / "run", second_layer=0)
+    monkeypatch.setattr("stride.core.topk.CHUNK_ENTRIES", 2 * dense.scores.shape[1])
+    top = attribute(gpt2_dir, corpus["train"], corpus["queries"], tmp_path / "run", seed=0, progress=False,
+                    config=StrideConfig(**SMALL, second_layer=0), top_k=3)  # fmt: skip
+    order = torch.argsort(dense.scores, dim=1, descending=True, stable=True)
+    assert torch.equal(top.top.top_indices, order[:, :3])
+    assert torch.allclose(top.top.top_scores, dense.scores.gather(1, order[:, :3]), rtol=1e-5, atol=1e-7)

@@ -514,9 +514,8 @@ class StrideAttributor(Attributor):
             responses.append(measured.double().numpy())
         self.lambda_ = penalty
         mixture = Mixture(SparseRows.mean(recovered), designs=recovered)
-        if self.second is not None:
-            mixture.second = self.second.score(queries)
-            mixture.second_se = self.second.scores_se_
+        if self.second is not None:  # row chunk by row chunk too: no dense matrix for top-k runs
+            mixture.second = self.second._mixture(queries, rows_per_chunk)
             mixture.second_weight = self.config.second_weight
             self._record("second", self.second)
         weight = self._first_order_weight(mixture.lasso.shape[1])
@@ -570,8 +569,7 @@ class Mixture:
     train_features: torch.Tensor | None = None
     weight: float = 0.0
     designs: list[SparseRows] = field(default_factory=list)
-    second: torch.Tensor | None = None
-    second_se: torch.Tensor | None = None
+    second: Mixture | None = None
     second_weight: float = 0.0
     partner: torch.Tensor | None = None
     partner_weight: float = 0.0
@@ -590,11 +588,11 @@ class Mixture:
             if self.second is not None:
                 first *= 1.0 - self.second_weight
             variance = (first * spread / len(self.designs) ** 0.5) ** 2
-        if self.second is not None and self.second_se is not None:
-            second = self.second[start:stop].double()
+        second_se = self.second.standard_errors(start, stop) if self.second is not None else None
+        if self.second is not None and second_se is not None:
+            spread = self.second.rows(start, stop).std(dim=1, correction=0, keepdim=True)
             scale = torch.as_tensor(self._first_bank(start, stop).std(axis=1, ddof=0, keepdims=True))
-            spread = second.std(dim=1, correction=0, keepdim=True)
-            carried = self.second_weight * share * self.second_se[start:stop].double() * scale / spread.clamp_min(1e-30)
+            carried = self.second_weight * share * second_se.double() * scale / spread.clamp_min(1e-30)
             variance = carried**2 if variance is None else variance + carried**2
         return None if variance is None else variance.sqrt().float()
 
@@ -614,7 +612,7 @@ class Mixture:
         """Scores of queries start..stop (float64 [stop - start, n_train])."""
         scores = self._first_bank(start, stop)
         if self.second is not None:
-            scores = mix(scores, self.second[start:stop].double().numpy(), self.second_weight)
+            scores = mix(scores, self.second.rows(start, stop).numpy(), self.second_weight)
         if self.partner is not None:
             scores = mix(scores, self.partner[start:stop].double().numpy(), self.partner_weight)
         return torch.as_tensor(scores)
