@@ -269,13 +269,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", required=True, help="output folder (run store)")
     sub.add_argument("--method", default="stride", help="stride, trak, ekfac, graddot, gradcos or repsim")
     sub.add_argument("--config", help="JSON/YAML file of settings (STRIDE: overrides of the classifier defaults)")
-    sub.add_argument("--layer", help="steered place: NAME (module output) or NAME:input; default: last Linear's input")
+    sub.add_argument(
+        "--layer",
+        help="steered place: NAME (module output) or NAME:input; default: last Linear's input "
+        "(STRIDE's second bank, `second_layer` in --config: first Linear's input)",
+    )
     sub.add_argument("--measurement", choices=["ce", "margin"], default="ce")
     sub.add_argument("--checkpoints", nargs="*", default=[], help="weights of further models: TRAK's ensemble")
     sub.add_argument(
         "--partner",
         metavar="METHOD",
-        help="STRIDE: mix METHOD's scores into STRIDE's (e.g. ekfac; weight `partner_weight`, 0.6)",
+        help="STRIDE: mix METHOD's scores into STRIDE's (e.g. ekfac; weight `partner_weight`, 0.5 for classifiers)",
     )
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--overwrite", action="store_true", help="replace a run with other settings in --out")
