@@ -170,6 +170,12 @@ def as_module(weights: list[torch.Tensor], model: int) -> nn.Module:
     return nn.Sequential(*layers[:-1])
 
 
+def mlp_layout(recipe: Recipe) -> nn.Module:
+    """An MLP with the benchmark's layers (not its sizes): what `classifier_config` reads to place STRIDE's
+    second bank, for the recorded configuration."""
+    return as_module(initial_weights([1, recipe.hidden, 1], [0]), 0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Ground truth, methods, counterfactual
 # ---------------------------------------------------------------------------------------------
@@ -324,7 +330,8 @@ def main() -> None:
     started = time.perf_counter()
     config = {
         "datasets": {name: asdict(RECIPES[name]) for name in args.datasets}, "methods": args.methods,
-        "stride": {name: classifier_config(RECIPES[name].n_train).to_dict() for name in args.datasets},
+        "stride": {name: classifier_config(RECIPES[name].n_train, mlp_layout(RECIPES[name])).to_dict()
+                   for name in args.datasets},
         "method_settings": {name: classifier_method_settings(name) for name in args.methods},
         "trak_ensemble": TRAK_ENSEMBLE, "groundtruth": {"alpha": 0.5,
         "subsets": args.subsets, "seeds": args.seeds}, "counterfactual": {"queries": args.cf_queries, "k": args.cf_k,
