@@ -33,21 +33,22 @@ import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-from stride.classifiers import attribute_classifier, classifier_config  # noqa: E402
-from stride.classifiers.api import classifier_method_settings  # noqa: E402
-from stride.evaluation.counterfactual import counterfactual_report, random_removals, top_k_removals  # noqa: E402
-from stride.evaluation.groundtruth import draw_subsets  # noqa: E402
-from stride.evaluation.lds import evaluate_lds  # noqa: E402
-from stride.core.jsonio import write_json  # noqa: E402
+from stride.classifiers import attribute_classifier, classifier_config
+from stride.classifiers.api import classifier_method_settings
+from stride.core.jsonio import write_json
+from stride.evaluation.counterfactual import counterfactual_report, random_removals, top_k_removals
+from stride.evaluation.groundtruth import draw_subsets
+from stride.evaluation.lds import evaluate_lds
 
 METHODS = ("stride", "trak", "ekfac", "graddot", "gradcos", "repsim")
 
@@ -108,7 +109,7 @@ def initial_weights(sizes: list[int], seeds: list[int]) -> list[torch.Tensor]:
     for seed in seeds:
         generator = torch.Generator().manual_seed(int(seed))
         weights = []
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        for fan_in, fan_out in pairwise(sizes):
             bound = 1.0 / math.sqrt(fan_in)
             weights.append((torch.rand(fan_in, fan_out, generator=generator) * 2 - 1) * bound)
             weights.append((torch.rand(fan_out, generator=generator) * 2 - 1) * bound)
@@ -194,8 +195,9 @@ def groundtruth(data: dict[str, torch.Tensor], recipe: Recipe, n_subsets: int, n
 
 def attribute(method: str, models: list[nn.Module], data: dict[str, torch.Tensor], seed: int) -> np.ndarray:
     checkpoints = models[1:] if method == "trak" else []
-    scores = attribute_classifier(models[0], data["x"], data["y"], data["xq"], data["yq"], method=method,
-                                  checkpoints=checkpoints, seed=seed)
+    scores = attribute_classifier(
+        models[0], data["x"], data["y"], data["xq"], data["yq"], method=method, checkpoints=checkpoints, seed=seed
+    )
     return scores.numpy()
 
 
@@ -298,11 +300,19 @@ def print_tables(results: list[Result], methods: list[str]) -> None:
         if not r.counterfactual:
             continue
         first = next(iter(r.counterfactual.values()))
-        print(f"\ncounterfactual, {r.dataset}: increase of the query's cross-entropy over the full-data retrain "
-              f"({first['n_queries']} queries, {first['n_seeds']} seeds; mean [95% CI])")
-        print((f"{'k':>4}  {'k random removed':<28}" + "".join(f"{m + ' top-k removed':<28}" for m in r.counterfactual)).rstrip())
+        print(
+            f"\ncounterfactual, {r.dataset}: increase of the query's cross-entropy over the full-data retrain "
+            f"({first['n_queries']} queries, {first['n_seeds']} seeds; mean [95% CI])"
+        )
+        print(
+            (
+                f"{'k':>4}  {'k random removed':<28}" + "".join(f"{m + ' top-k removed':<28}" for m in r.counterfactual)
+            ).rstrip()
+        )
         for position, k in enumerate(first["ks"]):
-            rows = [first["per_k"][position]["random"]] + [c["per_k"][position]["top_k"] for c in r.counterfactual.values()]
+            rows = [first["per_k"][position]["random"]] + [
+                c["per_k"][position]["top_k"] for c in r.counterfactual.values()
+            ]
             print((f"{k:>4}  " + "".join(f"{_interval(v, '+.4f'):<28}" for v in rows)).rstrip())
 
 
@@ -315,13 +325,20 @@ def main() -> None:
     parser.add_argument("--cf-queries", type=int, default=30, help="queries in the counterfactual (0: skip it)")
     parser.add_argument("--cf-k", type=int, nargs="+", default=[10, 20, 40], help="removed examples")
     parser.add_argument("--cf-seeds", type=int, default=3)
-    parser.add_argument("--cf-methods", nargs="+", default=["stride", "ekfac", "trak"], choices=list(METHODS),
-                        help="methods whose top-k removals are retrained (random removal is always the reference)")
+    parser.add_argument(
+        "--cf-methods",
+        nargs="+",
+        default=["stride", "ekfac", "trak"],
+        choices=list(METHODS),
+        help="methods whose top-k removals are retrained (random removal is always the reference)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; these small kernels ran several times slower with 2 threads "
                              "than with 1 while another process used the second core")  # fmt: skip
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 20 subsets x 2 seeds, 4 counterfactual queries")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: 20 subsets x 2 seeds, 4 counterfactual queries"
+    )
     parser.add_argument("--out", default="runs/classifiers")
     args = parser.parse_args()
     if args.quick:

@@ -298,7 +298,9 @@ def main() -> int:
     parser.add_argument("--regimes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--plantings", type=int, help="plantings (seeds; default 3, --quick 2)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--stride", type=json.loads, help='STRIDE settings as JSON (default {"designs": 1, "epochs": 3})')
+    parser.add_argument(
+        "--stride", type=json.loads, help='STRIDE settings as JSON (default {"designs": 1, "epochs": 3})'
+    )
     parser.add_argument("--tag", default="", help="suffix of results.json and of STRIDE's run folder")
     args = parser.parse_args()
     if args.quick:

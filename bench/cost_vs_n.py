@@ -25,18 +25,17 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from stride.api import attribute  # noqa: E402
-from stride.config import StrideConfig  # noqa: E402
-from stride.corpus import DEMO_MIX, read_fortunes  # noqa: E402
-from stride.data import load_data, write_jsonl  # noqa: E402
-from stride.lm_training import LMRecipe, example_losses, new_causal_lm, train_tokenizer  # noqa: E402
-from stride.models import load_causal_lm  # noqa: E402
-from stride.core.jsonio import write_json  # noqa: E402
-
-from bench.lds import cached_model_matches  # noqa: E402
+from bench.lds import cached_model_matches
+from stride.api import attribute
+from stride.config import StrideConfig
+from stride.core.jsonio import write_json
+from stride.corpus import DEMO_MIX, read_fortunes
+from stride.data import load_data, write_jsonl
+from stride.lm_training import LMRecipe, example_losses, new_causal_lm, train_tokenizer
+from stride.models import load_causal_lm
 
 CONTEXT = 128
 N_QUERIES = 100
@@ -81,8 +80,12 @@ def main() -> int:
     parser.add_argument("--out", default="runs/bench_cost_n")
     parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 4000, 16000])
     parser.add_argument("--methods", nargs="+", default=["stride"])
-    parser.add_argument("--designs", type=int, default=1,
-                        help="STRIDE designs (each adds the same cost again; default 1: the cost of one design)")
+    parser.add_argument(
+        "--designs",
+        type=int,
+        default=1,
+        help="STRIDE designs (each adds the same cost again; default 1: the cost of one design)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -106,9 +109,14 @@ def main() -> int:
             row["stages"][method] = timings
             print(f"[n={n}] {method}: {row['seconds'][method]:.1f} s {json.dumps(timings)}", flush=True)
         rows.append(row)
-        write_json(out / "results.json", {"configuration": vars(args), "rows": rows, "threads": torch.get_num_threads()})
+        write_json(
+            out / "results.json", {"configuration": vars(args), "rows": rows, "threads": torch.get_num_threads()}
+        )
     first = rows[0]
-    print(f"\n{'n':>6} {'forward s':>9} " + " ".join(f"{m + ' s':>10} {'x n=' + str(first['n_train']):>9}" for m in args.methods))
+    print(
+        f"\n{'n':>6} {'forward s':>9} "
+        + " ".join(f"{m + ' s':>10} {'x n=' + str(first['n_train']):>9}" for m in args.methods)
+    )
     for row in rows:
         cells = [f"{row['seconds'][m]:10.1f} {row['seconds'][m] / first['seconds'][m]:9.2f}" for m in args.methods]
         print(f"{row['n_train']:6d} {row['forward_seconds']:9.2f} " + " ".join(cells))

@@ -21,15 +21,14 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from stride.api import attribute  # noqa: E402
-from stride.config import StrideConfig  # noqa: E402
-from stride.evaluation.groundtruth import load_groundtruth  # noqa: E402
-from stride.evaluation.lds import evaluate_lds  # noqa: E402
-from stride.core.jsonio import write_json  # noqa: E402
-
-from bench.regime_folders import ground_truth_folder  # noqa: E402
+from bench.regime_folders import ground_truth_folder
+from stride.api import attribute
+from stride.config import StrideConfig
+from stride.core.jsonio import write_json
+from stride.evaluation.groundtruth import load_groundtruth
+from stride.evaluation.lds import evaluate_lds
 
 
 def main() -> int:
@@ -55,7 +54,8 @@ def main() -> int:
                 stages = result.info["stages"]
                 seconds = sum(info.get("seconds", 0.0) for name, info in stages.items() if name != "hybrid")
                 chosen = stages.get("hybrid", {}).get("first_order_weight", 0.0)
-                rows.append({"regime": regime, "designs": designs, "first_order_weight": weight, "chosen_weight": chosen,
+                rows.append({"regime": regime, "designs": designs, "first_order_weight": weight,
+                             "chosen_weight": chosen,
                              "lds": report.mean, "ci_low": report.ci_low, "ci_high": report.ci_high,
                              "seconds": seconds})  # fmt: skip
                 print(f"[{regime}] designs {designs}, first-order weight {weight} (chosen {chosen}): LDS "
@@ -63,8 +63,10 @@ def main() -> int:
                       flush=True)  # fmt: skip
     print(f"\n{'regime':9} {'designs':>7} {'weight':>6} {'chosen':>6} {'LDS':>6} {'95% CI':>17} {'seconds':>8}")
     for r in rows:
-        print(f"{r['regime']:9} {r['designs']:7d} {str(r['first_order_weight']):>6} {r['chosen_weight']:6.1f} "
-              f"{r['lds']:6.3f} [{r['ci_low']:6.3f}, {r['ci_high']:6.3f}] {r['seconds']:8.1f}")
+        print(
+            f"{r['regime']:9} {r['designs']:7d} {r['first_order_weight']!s:>6} {r['chosen_weight']:6.1f} "
+            f"{r['lds']:6.3f} [{r['ci_low']:6.3f}, {r['ci_high']:6.3f}] {r['seconds']:8.1f}"
+        )
     out = Path(args.out) / "designs.json"
     write_json(out, {"configuration": vars(args), "rows": rows, "threads": torch.get_num_threads()})
     print(f"wrote {out}")

@@ -30,7 +30,8 @@ def main() -> int:
                        check=True)  # fmt: skip
     prefix = "sft_" if args.data == "sft" else ""
     run = out / f"attribution_{args.data}"
-    command = ["stride", "attribute", "--model", str(fixture / "model"), "--train", str(fixture / f"{prefix}train.jsonl"),
+    command = ["stride", "attribute", "--model", str(fixture / "model"),
+               "--train", str(fixture / f"{prefix}train.jsonl"),
                "--queries", str(fixture / f"{prefix}queries.jsonl"), "--out", str(run), "--threads", str(args.threads),
                "--overwrite", "--quiet"]  # fmt: skip
     if args.config:

@@ -52,9 +52,9 @@ import random
 import sys
 import sysconfig
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -273,7 +273,7 @@ def encode_for_lm(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str], max_
     ids = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
     out = []
     for seq in ids:
-        seq = list(seq) + [tokenizer.eos_token_id]
+        seq = [*seq, tokenizer.eos_token_id]
         out.append(seq[:max_len])
     return out
 
@@ -403,14 +403,24 @@ def sha256_of(path: Path) -> str:
 # --------------------------------------------------------------------------- #
 def parse_args(argv: Sequence[str] | None = None) -> BuildConfig:
     """Parse command-line arguments into a :class:`BuildConfig`."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     d = BuildConfig(out="")
     p.add_argument("--out", required=True, help="output directory (created if missing)")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
-    p.add_argument("--fortune-dir", default=None, help="directory holding the fortune files (default: the venv's share/games/fortune)")
+    p.add_argument(
+        "--fortune-dir",
+        default=None,
+        help="directory holding the fortune files (default: the venv's share/games/fortune)",
+    )
     p.add_argument("--epochs", type=int, default=d.epochs, help="pre-training epochs (default: %(default)s)")
     p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="BPE vocabulary size (default: %(default)s)")
-    p.add_argument("--untie-embeddings", action="store_true", help="use a separate lm_head instead of tying it to the input embeddings")
+    p.add_argument(
+        "--untie-embeddings",
+        action="store_true",
+        help="use a separate lm_head instead of tying it to the input embeddings",
+    )
     p.add_argument("--threads", type=int, default=d.num_threads, help="torch CPU threads (default: %(default)s)")
     a = p.parse_args(argv)
     return BuildConfig(
@@ -475,22 +485,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     # ---- tokenizer ------------------------------------------------------- #
     t_tok = time.perf_counter()
     tokenizer = train_tokenizer(pre_texts, cfg.vocab_size, cfg.max_position_embeddings)
-    print(f"tokenizer: vocab {len(tokenizer)} (bos={tokenizer.bos_token_id}, eos={tokenizer.eos_token_id}, "
-          f"pad={tokenizer.pad_token_id}) trained in {time.perf_counter() - t_tok:.1f}s")
+    print(
+        f"tokenizer: vocab {len(tokenizer)} (bos={tokenizer.bos_token_id}, eos={tokenizer.eos_token_id}, "
+        f"pad={tokenizer.pad_token_id}) trained in {time.perf_counter() - t_tok:.1f}s"
+    )
 
     # ---- model ----------------------------------------------------------- #
     model = build_model(cfg, tokenizer)
     n_params = count_parameters(model)
-    print(f"model: LlamaForCausalLM, {n_params:,} parameters "
-          f"(hidden {cfg.hidden_size}, layers {cfg.num_layers}, heads {cfg.num_heads}, "
-          f"ffn {cfg.intermediate_size}, tied={cfg.tie_word_embeddings})")
+    print(
+        f"model: LlamaForCausalLM, {n_params:,} parameters "
+        f"(hidden {cfg.hidden_size}, layers {cfg.num_layers}, heads {cfg.num_heads}, "
+        f"ffn {cfg.intermediate_size}, tied={cfg.tie_word_embeddings})"
+    )
 
     pre_seqs = encode_for_lm(tokenizer, pre_texts, cfg.max_position_embeddings)
     train_seqs = encode_for_lm(tokenizer, train_texts, cfg.max_position_embeddings)
     query_seqs = encode_for_lm(tokenizer, query_texts, cfg.max_position_embeddings)
     lengths = [len(s) for s in pre_seqs + train_seqs + query_seqs]
-    print(f"tokens: pre-training {sum(len(s) for s in pre_seqs):,}; sequence length "
-          f"mean {sum(lengths) / len(lengths):.1f}, max {max(lengths)}")
+    print(
+        f"tokens: pre-training {sum(len(s) for s in pre_seqs):,}; sequence length "
+        f"mean {sum(lengths) / len(lengths):.1f}, max {max(lengths)}"
+    )
 
     t_train = time.perf_counter()
     init_loss = mean_loss(model, pre_seqs, tokenizer.pad_token_id)
@@ -498,9 +514,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     final_pre_loss = mean_loss(model, pre_seqs, tokenizer.pad_token_id)
     train_loss = mean_loss(model, train_seqs, tokenizer.pad_token_id)
     query_loss = mean_loss(model, query_seqs, tokenizer.pad_token_id)
-    print(f"training: {time.perf_counter() - t_train:.1f}s; loss at init {init_loss:.4f} "
-          f"(ln V = {math.log(len(tokenizer)):.4f}); final train loss {epoch_losses[-1]:.4f}; "
-          f"eval loss pre-training set {final_pre_loss:.4f}, train.jsonl {train_loss:.4f}, queries.jsonl {query_loss:.4f}")
+    print(
+        f"training: {time.perf_counter() - t_train:.1f}s; loss at init {init_loss:.4f} "
+        f"(ln V = {math.log(len(tokenizer)):.4f}); final train loss {epoch_losses[-1]:.4f}; "
+        f"eval loss pre-training set {final_pre_loss:.4f}, train.jsonl {train_loss:.4f}, queries.jsonl {query_loss:.4f}"
+    )
 
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
@@ -540,10 +558,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "pretrain_epochs": cfg.epochs,
         "pretrain_epoch_losses": [round(x, 4) for x in epoch_losses],
         "final_train_loss": round(epoch_losses[-1], 4),
-        "eval_loss": {"pretrain": round(final_pre_loss, 4), "train": round(train_loss, 4), "queries": round(query_loss, 4)},
+        "eval_loss": {
+            "pretrain": round(final_pre_loss, 4),
+            "train": round(train_loss, 4),
+            "queries": round(query_loss, 4),
+        },
         "verification": check,
-        "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
-                     "tokenizers": __import__("tokenizers").__version__},
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": __import__("transformers").__version__,
+            "tokenizers": __import__("tokenizers").__version__,
+        },
         "sha256": {name: sha256_of(out / name) for name in files}
         | {f"model/{p.name}": sha256_of(p) for p in sorted(model_dir.iterdir()) if p.is_file()},
     }

@@ -35,14 +35,15 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from stride.api import attribute, groundtruth, lds  # noqa: E402
-from stride.config import StrideConfig, partner_settings, read_mapping_file  # noqa: E402
-from stride.corpus import build_benchmark_corpus  # noqa: E402
-from stride.lm_training import LMRecipe, train_lm  # noqa: E402
-from stride.registry import available_methods  # noqa: E402
-from stride.core.jsonio import write_json  # noqa: E402
+from stride.api import attribute, groundtruth, lds
+from stride.config import StrideConfig, partner_settings, read_mapping_file
+from stride.core.jsonio import write_json
+from stride.corpus import build_benchmark_corpus
+from stride.lm_training import LMRecipe, train_lm
+from stride.registry import available_methods
+
 
 @dataclasses.dataclass(frozen=True)
 class Regime:
@@ -149,8 +150,10 @@ def run_regime(name: str, args: argparse.Namespace, methods: list[str]) -> list[
     summary = groundtruth(model, data["train"], data["queries"], truth, regime=name, base_dir=base,
                           fraction=0.5, n_subsets=regime.subsets, n_seeds=regime.seeds,
                           recipe=vars(regime.recipe).copy(), workers=args.workers)  # fmt: skip
-    print(f"[{name}] models + ground truth: {regime.subsets} subsets x {regime.seeds} seeds, "
-          f"{time.perf_counter() - started:.0f} s this run, ceiling {summary.get('ceiling_single_seed')}")
+    print(
+        f"[{name}] models + ground truth: {regime.subsets} subsets x {regime.seeds} seeds, "
+        f"{time.perf_counter() - started:.0f} s this run, ceiling {summary.get('ceiling_single_seed')}"
+    )
     default_settings = {}
     if "trak" in methods:
         default_settings["trak"] = {"checkpoints": ensemble_models(regime, data, root, base, args.trak_ensemble)}
@@ -168,8 +171,9 @@ def run_regime(name: str, args: argparse.Namespace, methods: list[str]) -> list[
         rows.append({"regime": name, "method": method, "lds": report.mean, "ci_low": report.ci_low,
                      "ci_high": report.ci_high, "lds_single_seed": report.mean_single_seed,
                      "ceiling": report.ceiling, "seconds": seconds, "settings": result.info["settings"]})  # fmt: skip
-        print(f"[{name}] {method}: LDS {report.mean:.3f} [{report.ci_low:.3f}, {report.ci_high:.3f}] "
-              f"in {seconds:.1f} s")
+        print(
+            f"[{name}] {method}: LDS {report.mean:.3f} [{report.ci_low:.3f}, {report.ci_high:.3f}] in {seconds:.1f} s"
+        )
     stride_seconds = next((r["seconds"] for r in rows if r["method"] == "stride"), None)
     for row in rows:
         row["time_vs_stride"] = row["seconds"] / stride_seconds if stride_seconds else None
@@ -177,18 +181,25 @@ def run_regime(name: str, args: argparse.Namespace, methods: list[str]) -> list[
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'regime':9} {'method':10} {'LDS':>6} {'95% CI':>17} {'1-seed':>7} {'ceiling':>8} {'seconds':>8} {'x stride':>8}")
+    print(
+        f"\n{'regime':9} {'method':10} {'LDS':>6} {'95% CI':>17} {'1-seed':>7} {'ceiling':>8} "
+        f"{'seconds':>8} {'x stride':>8}"
+    )
     for r in rows:
         ceiling = f"{r['ceiling']:.3f}" if r["ceiling"] is not None else "-"
         ratio = f"{r['time_vs_stride']:.2f}" if r["time_vs_stride"] is not None else "-"
-        print(f"{r['regime']:9} {r['method']:10} {r['lds']:6.3f} [{r['ci_low']:6.3f}, {r['ci_high']:6.3f}] "
-              f"{r['lds_single_seed']:7.3f} {ceiling:>8} {r['seconds']:8.1f} {ratio:>8}")
+        print(
+            f"{r['regime']:9} {r['method']:10} {r['lds']:6.3f} [{r['ci_low']:6.3f}, {r['ci_high']:6.3f}] "
+            f"{r['lds_single_seed']:7.3f} {ceiling:>8} {r['seconds']:8.1f} {ratio:>8}"
+        )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/bench_lds")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 200 examples, 20 queries, 12 subsets x 2 seeds")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 200 examples, 20 queries, 12 subsets x 2 seeds"
+    )
     parser.add_argument("--regimes", nargs="+", default=["finetune", "scratch"], choices=["finetune", "scratch"])
     parser.add_argument("--methods", nargs="+", default=None, help="default: every available method")
     parser.add_argument("--method-settings", help="JSON/YAML mapping method -> settings (stride: StrideConfig)")

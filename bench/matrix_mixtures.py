@@ -92,6 +92,7 @@ def main() -> int:
     summary = half_means(per_cell, halves)
     if "A" not in summary:
         raise SystemExit("no finished cell of half A")
+
     def best_on_a(keys: list[str]) -> str:
         return max(keys, key=lambda k: summary["A"][k]["ratio"])
 

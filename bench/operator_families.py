@@ -24,14 +24,13 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from stride.api import attribute, load_scores  # noqa: E402
-from stride.evaluation.groundtruth import load_groundtruth  # noqa: E402
-from stride.evaluation.lds import evaluate_lds  # noqa: E402
-from stride.core.jsonio import write_json  # noqa: E402
-
-from bench.regime_folders import ground_truth_folder  # noqa: E402
+from bench.regime_folders import ground_truth_folder
+from stride.api import attribute, load_scores
+from stride.core.jsonio import write_json
+from stride.evaluation.groundtruth import load_groundtruth
+from stride.evaluation.lds import evaluate_lds
 
 FAMILIES = {
     "logit r16 (STRIDE default)": {"form": "logit", "rank": 16},
@@ -63,10 +62,24 @@ def main() -> int:
         graddot = root / "runs" / "graddot" / "scores.safetensors"
         if graddot.exists():
             report = evaluate_lds(load_scores(graddot), subsets, losses)
-            rows.append({"regime": regime, "family": "all parameters (graddot)", "settings": {},
-                         "lds": report.mean, "ci_low": report.ci_low, "ci_high": report.ci_high, "seconds": None})
+            rows.append(
+                {
+                    "regime": regime,
+                    "family": "all parameters (graddot)",
+                    "settings": {},
+                    "lds": report.mean,
+                    "ci_low": report.ci_low,
+                    "ci_high": report.ci_high,
+                    "seconds": None,
+                }
+            )
         for label, settings in FAMILIES.items():
-            out = root / "runs" / "operator-grad" / label.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
+            out = (
+                root
+                / "runs"
+                / "operator-grad"
+                / label.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
+            )
             started = time.perf_counter()
             attribute(root / "model", root / "data" / "train.jsonl", root / "data" / "queries.jsonl", out,
                       method="operator-grad", method_settings=settings, threads=args.threads, overwrite=True,
@@ -75,12 +88,17 @@ def main() -> int:
             report = evaluate_lds(load_scores(out / "scores.safetensors"), subsets, losses)
             rows.append({"regime": regime, "family": label, "settings": settings, "lds": report.mean,
                          "ci_low": report.ci_low, "ci_high": report.ci_high, "seconds": seconds})  # fmt: skip
-            print(f"[{regime}] {label}: LDS {report.mean:.3f} [{report.ci_low:.3f}, {report.ci_high:.3f}] "
-                  f"in {seconds:.1f} s", flush=True)
+            print(
+                f"[{regime}] {label}: LDS {report.mean:.3f} [{report.ci_low:.3f}, {report.ci_high:.3f}] "
+                f"in {seconds:.1f} s",
+                flush=True,
+            )
     print(f"\n{'regime':9} {'family':34} {'LDS':>6} {'95% CI':>17} {'seconds':>8}")
     for r in rows:
         seconds = f"{r['seconds']:.1f}" if r["seconds"] is not None else "-"
-        print(f"{r['regime']:9} {r['family']:34} {r['lds']:6.3f} [{r['ci_low']:6.3f}, {r['ci_high']:6.3f}] {seconds:>8}")
+        print(
+            f"{r['regime']:9} {r['family']:34} {r['lds']:6.3f} [{r['ci_low']:6.3f}, {r['ci_high']:6.3f}] {seconds:>8}"
+        )
     out = Path(args.out) / "operator_families.json"
     write_json(out, {"configuration": vars(args), "rows": rows, "threads": torch.get_num_threads()})
     print(f"wrote {out}")

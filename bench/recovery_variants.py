@@ -23,13 +23,12 @@ from safetensors.torch import load_file
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import Lasso, Ridge
 
+from bench.regime_folders import ground_truth_folder
+from stride.core.jsonio import write_json
 from stride.evaluation.groundtruth import load_groundtruth
 from stride.evaluation.lds import evaluate_lds
 from stride.method.membership import membership_matrix
 from stride.method.recover import standardize
-from stride.core.jsonio import write_json
-
-from bench.regime_folders import ground_truth_folder
 
 
 def variants(penalty: float) -> dict[str, object]:
@@ -75,8 +74,10 @@ def main() -> int:
             print(f"[{regime}] {label}: LDS {report.mean:.3f} [{report.ci_low:.3f}, {report.ci_high:.3f}]", flush=True)
     print(f"\n{'regime':9} {'variant':20} {'LDS':>6} {'95% CI':>17} {'nonzero':>8}")
     for r in rows:
-        print(f"{r['regime']:9} {r['variant']:20} {r['lds']:6.3f} [{r['ci_low']:6.3f}, {r['ci_high']:6.3f}] "
-              f"{r['nonzero_fraction']:8.3f}")
+        print(
+            f"{r['regime']:9} {r['variant']:20} {r['lds']:6.3f} [{r['ci_low']:6.3f}, {r['ci_high']:6.3f}] "
+            f"{r['nonzero_fraction']:8.3f}"
+        )
     out = Path(args.out) / "recovery_variants.json"
     write_json(out, {"configuration": vars(args), "rows": rows})
     print(f"wrote {out}")

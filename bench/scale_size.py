@@ -57,8 +57,12 @@ from stride.models import head_factor_fits, load_tokenizer
 DEFAULT_SHAPES = ["gpt2:2x128:1024", "gpt2:4x256:50257", "gpt2:6x512:50257", "gpt2:12x768:50257", "qwen2:4x896:151936"]
 METHODS = {"stride_one_design": "stride", "stride_default": "stride", "ekfac": "ekfac", "logra": "logra"}
 MEASUREMENTS = ["forward", *METHODS]  # the forward pass is the unit
-VOCABULARY_FREE = {"form": "hashed_logit", "output_rank": 1024, "measure_expansion": "second_order",
-                   "training_expansion": "second_order"}
+VOCABULARY_FREE = {
+    "form": "hashed_logit",
+    "output_rank": 1024,
+    "measure_expansion": "second_order",
+    "training_expansion": "second_order",
+}
 FORWARD = (
     "import json, sys, torch; from bench.cost_vs_size import forward_seconds; "
     "torch.set_num_threads(int(sys.argv[3])); print(json.dumps(forward_seconds(*sys.argv[1:3], int(sys.argv[4]))))"

@@ -19,13 +19,12 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from stride.api import load_scores  # noqa: E402
-from stride.evaluation.groundtruth import load_groundtruth  # noqa: E402
-from stride.evaluation.lds import evaluate_lds  # noqa: E402
-from stride.core.ranks import standard_units  # noqa: E402
-from stride.core.jsonio import write_json  # noqa: E402
-
-from bench.regime_folders import ground_truth_folder  # noqa: E402
+from bench.regime_folders import ground_truth_folder
+from stride.api import load_scores
+from stride.core.jsonio import write_json
+from stride.core.ranks import standard_units
+from stride.evaluation.groundtruth import load_groundtruth
+from stride.evaluation.lds import evaluate_lds
 
 
 def main() -> int:
