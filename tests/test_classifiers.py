@@ -229,6 +229,9 @@ def test_the_default_second_bank_steers_the_first_linear_layers_input(setup, tmp
     single_linear = nn.Sequential(nn.Flatten(), nn.Linear(DIM, N_CLASSES))
     assert classifier_config(N_TRAIN, single_linear).second_layer is None  # its one input is the first bank's place
     assert classifier_config(N_TRAIN, setup["model"]).second_layer == "0:input"
+    # `second_layer: auto` is the same place (the same stages and scores); none for a single nn.Linear
+    assert torch.equal(_scores(setup, config={"epochs": 5, "second_layer": "auto"}, out_dir=tmp_path / "both"), scores)
+    assert ClassifierTask().second_place(single_linear) is None
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from stride.errors import StrideError
 
 FORMS = ("residual", "logit", "shared_logit", "hashed_logit")
 AUTO_FORM = "auto"
+AUTO_PLACE = "auto"  # second_layer "auto": the model family's default second place (Task.second_place)
 AUTO_LOGIT_VOCABULARY = 16_384  # form "auto": the logit form up to this many outputs, hashed_logit above
 AUTO_BUCKETS = 1024  # form "auto": hashed_logit's buckets
 EXPANSIONS = ("exact", "second_order")
@@ -94,8 +95,10 @@ class StrideConfig:
         second_layer: the place of a second operator bank, in the residual form (h' = h + a_k B h):
             a second STRIDE run with these settings there, on designs of its own, whose scores are
             mixed into the first bank's per query in standard units at `second_weight` (before the
-            partner's). A block index for causal LMs (e.g. the default block after gentle
-            fine-tuning), a place ("NAME" or "NAME:input") for classifiers. None: one bank.
+            partner's). A block index for causal LMs, a place ("NAME" or "NAME:input") for
+            classifiers, or "auto": the default block for causal LMs (about 0.6 of the depth, the
+            setting for gentle fine-tuning), the input of the first nn.Linear for classifiers (no
+            second bank when the model has a single one). None: one bank.
         second_weight: the second bank's weight in [0, 1] (0.7: chosen on half A's classifier cell
             and on half A's gentle fine-tuning cell of the benchmark matrix, confirmed on half B's).
     """

@@ -114,6 +114,10 @@ class Task(ABC):
     def steered(self, model: nn.Module, layer: Any) -> Steered:
         """The model prepared for steering at `layer` (None: the family's default place)."""
 
+    @abstractmethod
+    def second_place(self, model: nn.Module) -> Any:
+        """Where `second_layer: auto` puts STRIDE's second operator bank (None: the model has no such place)."""
+
 
 class CausalLMTask(Task):
     """Causal LMs: an example's loss is the mean next-token cross-entropy over its scored tokens."""
@@ -165,3 +169,8 @@ class CausalLMTask(Task):
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(blocks):
             raise StrideError(f"layer must be between 0 and {len(blocks) - 1}, got {layer}")
         return SteeredModel(model, blocks, layer, self)
+
+    def second_place(self, model: nn.Module) -> int:
+        """The default steered block (about 0.6 of the depth): where the residual form was chosen after
+        gentle fine-tuning (docs/ablations.md §24, §29)."""
+        return default_layer(len(decoder_blocks(model)))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stride.classifiers.data import ClassifierBatch
-from stride.classifiers.steering import SteeredClassifier
+from stride.classifiers.steering import SteeredClassifier, default_second_place
 from stride.errors import StrideError
 from stride.tasks import Task
 
@@ -71,3 +71,6 @@ class ClassifierTask(Task):
     def steered(self, model: nn.Module, layer: Any) -> SteeredClassifier:
         # Any, as in Task.steered: SteeredClassifier refuses a layer that is not a module name
         return SteeredClassifier(model, layer, self)
+
+    def second_place(self, model: nn.Module) -> str | None:
+        return default_second_place(model)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from stride.attributor import Attributor, MethodContext
-from stride.config import AUTO_LOGIT_VOCABULARY, StrideConfig
+from stride.config import AUTO_LOGIT_VOCABULARY, AUTO_PLACE, StrideConfig
 from stride.core.device import model_device
 from stride.core.sparse_rows import SparseRows
 from stride.core.topk import TopScores, chunk_rows, top_scores
@@ -629,13 +629,15 @@ def create(context: MethodContext) -> StrideAttributor:
 
 
 def create_second_bank(context: MethodContext) -> StrideAttributor | None:
-    """STRIDE's second operator bank (None without `second_layer`): the run's settings in the residual
-    form at `second_layer`, without a partner, on designs whose seeds continue the first bank's. It
-    keeps its stages in its own run store inside the run's stages folder."""
+    """STRIDE's second operator bank (None without `second_layer`, or with `second_layer: auto` on a
+    model without a second place): the run's settings in the residual form at `second_layer` (for
+    "auto", the task's `second_place`), without a partner, on designs whose seeds continue the first
+    bank's. It keeps its stages in its own run store inside the run's stages folder."""
     config = context.stride_config
-    if config.second_layer is None:
+    place = context.task.second_place(context.model) if config.second_layer == AUTO_PLACE else config.second_layer
+    if place is None:
         return None
-    second = replace(config, form=RESIDUAL, layer=config.second_layer, second_layer=None, partner=None,
+    second = replace(config, form=RESIDUAL, layer=place, second_layer=None, partner=None,
                      measure_expansion="exact", training_expansion="exact")  # fmt: skip
     store = RunStore(context.store.root / STAGES / "second_bank") if context.store is not None else None
     try:
