@@ -493,8 +493,8 @@ class StrideAttributor(Attributor):
         first-order scores when `first_order_weight` asks for it (`stride.method.hybrid`). With two
         or more designs, `scores_se_` holds each score's standard error from their spread."""
         mixture = self._mixture(queries, rows_per_chunk=len(queries))
-        self.scores_se_ = mixture.standard_errors(0, len(queries))
-        return mixture.rows(0, len(queries)).float()
+        scores, self.scores_se_ = mixture.rows_and_errors(0, len(queries))
+        return scores.float()
 
     def score_top(self, queries: Examples, k: int) -> TopScores:
         """The k most and least influential examples per query and the designs' averaged (sparse)
@@ -574,27 +574,34 @@ class Mixture:
     partner: torch.Tensor | None = None
     partner_weight: float = 0.0
 
-    def standard_errors(self, start: int, stop: int) -> torch.Tensor | None:
-        """Standard errors of the scores of queries start..stop: the designs' spread, std / sqrt(D),
-        carried through the mix (whose Lasso part has weight 1 - w; the first-order part and the
-        partner's scores are the same for every design), and the second bank's own standard errors
-        carried through its weight and onto the first bank's scale. None when neither bank has two
-        designs."""
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """Scores of queries start..stop (float64 [stop - start, n_train])."""
+        second = self.second.rows(start, stop) if self.second is not None else None
+        return self._mixed(start, stop, self._first_bank(start, stop), second)
+
+    def rows_and_errors(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`rows(start, stop)` and their standard errors, each bank's scores computed once. The errors
+        are the designs' spread, std / sqrt(D), carried through the mix (whose Lasso part has weight
+        1 - w; the first-order part and the partner's scores are the same for every design), and the
+        second bank's own standard errors carried through its weight and onto the first bank's
+        scale; None when neither bank has two designs."""
+        first = self._first_bank(start, stop)
+        second, second_se = self.second.rows_and_errors(start, stop) if self.second is not None else (None, None)
         share = 1.0 - self.partner_weight if self.partner is not None else 1.0
         variance = None
         if len(self.designs) >= 2:
             spread = torch.stack([design.dense(start, stop).double() for design in self.designs]).std(dim=0)
-            first = (1.0 - self.weight if self.query_features is not None else 1.0) * share
-            if self.second is not None:
-                first *= 1.0 - self.second_weight
-            variance = (first * spread / len(self.designs) ** 0.5) ** 2
-        second_se = self.second.standard_errors(start, stop) if self.second is not None else None
-        if self.second is not None and second_se is not None:
-            spread = self.second.rows(start, stop).std(dim=1, correction=0, keepdim=True)
-            scale = torch.as_tensor(self._first_bank(start, stop).std(axis=1, ddof=0, keepdims=True))
-            carried = self.second_weight * share * second_se.double() * scale / spread.clamp_min(1e-30)
+            lasso_share = (1.0 - self.weight if self.query_features is not None else 1.0) * share
+            if second is not None:
+                lasso_share *= 1.0 - self.second_weight
+            variance = (lasso_share * spread / len(self.designs) ** 0.5) ** 2
+        if second is not None and second_se is not None:
+            second_spread = second.std(dim=1, correction=0, keepdim=True)
+            scale = torch.as_tensor(first.std(axis=1, ddof=0, keepdims=True))
+            carried = self.second_weight * share * second_se.double() * scale / second_spread.clamp_min(1e-30)
             variance = carried**2 if variance is None else variance + carried**2
-        return None if variance is None else variance.sqrt().float()
+        errors = None if variance is None else variance.sqrt().float()
+        return self._mixed(start, stop, first, second), errors
 
     def first_order(self, start: int, stop: int) -> np.ndarray:
         if self.query_features is None or self.train_features is None:
@@ -608,11 +615,9 @@ class Mixture:
             scores = mix(scores, self.first_order(start, stop), self.weight)
         return scores
 
-    def rows(self, start: int, stop: int) -> torch.Tensor:
-        """Scores of queries start..stop (float64 [stop - start, n_train])."""
-        scores = self._first_bank(start, stop)
-        if self.second is not None:
-            scores = mix(scores, self.second.rows(start, stop).numpy(), self.second_weight)
+    def _mixed(self, start: int, stop: int, first: np.ndarray, second: torch.Tensor | None) -> torch.Tensor:
+        """The first bank's scores mixed with the second bank's (when given) and then the partner's."""
+        scores = first if second is None else mix(first, second.numpy(), self.second_weight)
         if self.partner is not None:
             scores = mix(scores, self.partner[start:stop].double().numpy(), self.partner_weight)
         return torch.as_tensor(scores)
