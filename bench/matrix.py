@@ -15,12 +15,14 @@ scratch: d = 64, vocab 512); ground truth 32 halves x 2 seeds (scratch: x 4 seed
 cell (digits, split seed 2: bench/classifiers.py chose its settings on seed 1) uses 64 halves x 3
 seeds. TRAK gets an ensemble of --trak-ensemble models (other seeds), as in bench/lds.py.
 
-Corpora: bench/matrix_corpora.py (prose, documentation, code, dialogue, definitions). Each cell
-belongs to half "A" (where STRIDE's defaults may be chosen) or half "B" (confirmation only):
-compare a variant with `--method-settings FILE --tag _NAME --cells` of half A, then confirm it
-on half B. Never choose a default on one cell. With a tag, only the methods that FILE sets run into
-tagged folders (`stride_NAME`); the others reuse their default-settings run folders, so the
-variant meets the same baselines in OUT/matrix_NAME.json.
+Corpora: bench/matrix_corpora.py (prose, documentation, code, dialogue, definitions; and a
+computing glossary, FOLDOC, for half C). Each cell belongs to half "A" (where STRIDE's defaults may
+be chosen) or half "B" (confirmation only): compare a variant with `--method-settings FILE --tag
+_NAME --cells` of half A, then confirm it on half B. Never choose a default on one cell. Half "C"
+(`--halves C`) is held out: cells added after the defaults and the README's advice were chosen, on
+a corpus and pairs no other cell has, run only to test those choices, never to make one. With a
+tag, only the methods that FILE sets run into tagged folders (`stride_NAME`); the others reuse their
+default-settings run folders, so the variant meets the same baselines in OUT/matrix_NAME.json.
 
 Everything is cached under --out and reused on a rerun: data, models (checked with
 `cached_model_matches`), TRAK's ensemble, ground truth, and the run folder of each method (its
@@ -28,10 +30,11 @@ finished stages; `--recompute` replaces them). OUT/matrix{TAG}.json (merged with
 earlier runs) and OUT/matrix{TAG}.md are written after every cell.
 
 `--vocabulary N` (another --out) gives every language model one byte-level BPE tokenizer of N tokens
-trained on all five corpora, e.g. GPT-2's 50,257: the model's vocabulary then has a real model's size,
-most of it unused by any one cell (STRIDE's `auto` form takes hashed operators above 16,384).
+trained on the five corpora of halves A and B, e.g. GPT-2's 50,257: the model's vocabulary then has a
+real model's size, most of it unused by any one cell (STRIDE's `auto` form takes hashed operators above 16,384).
 
-    python -m bench.matrix [--quick] [--cells NAME ...] [--methods stride ekfac ...] [--tag _T] [--vocabulary N]
+    python -m bench.matrix [--quick] [--halves A B C] [--cells NAME ...] [--methods stride ekfac ...]
+                           [--tag _T] [--vocabulary N]
 """
 
 from __future__ import annotations
@@ -107,7 +110,17 @@ CELLS = [
     Cell("classifier", "digits", "mlp", "B"),
     Cell("classifier", "breast_cancer", "mlp", "A"),
     Cell("classifier", "wine", "mlp", "B"),
+    # Half C: held out. Added on 2026-11-30, after every default and every piece of README advice had been
+    # chosen on A and B; a new corpus (FOLDOC) and regime x corpus x architecture pairs no other cell has.
+    # Nothing may be chosen on it: it only tests what A and B chose. Run it with --halves C.
+    Cell("gentle", "foldoc", "gpt2", "C"),
+    Cell("gentle", "dialogue", "gpt_neox", "C"),
+    Cell("aggressive", "foldoc", "llama", "C"),
+    Cell("sft", "foldoc", "gpt_neox", "C"),
+    Cell("scratch", "foldoc", "qwen2", "C"),
+    Cell("classifier", "iris", "mlp", "C"),
 ]
+HALVES = ("A", "B", "C")
 CELLS_BY_NAME = {cell.name: cell for cell in CELLS}
 QUICK_CELLS = ["gentle_fortune_llama", "sft_dialogue_qwen2", "classifier_digits_mlp"]
 FULL = Sizes(n_train=600, n_queries=60, n_pretrain=2000, subsets=32, seeds=2, scratch_seeds=4)
@@ -269,7 +282,7 @@ def stride_vs_best(cell_result: dict[str, Any]) -> dict[str, float] | None:
 def half_summary(cells: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | int]]:
     """Per half: the mean ratio and mean difference of STRIDE's LDS to the best baseline's."""
     summary = {}
-    for half in ("A", "B"):
+    for half in HALVES:
         versus = [v for c in cells.values() if c["half"] == half and (v := stride_vs_best(c)) is not None]
         if versus:
             summary[half] = {"cells": len(versus), "mean_ratio": float(np.nanmean([v["ratio"] for v in versus])),
@@ -327,7 +340,16 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: {QUICK.n_train} examples, {QUICK.n_queries} queries, {QUICK.subsets} "
                              f"halves x {QUICK.seeds} seeds, cells {', '.join(QUICK_CELLS)}")  # fmt: skip
-    parser.add_argument("--cells", nargs="+", choices=list(CELLS_BY_NAME), help="default: all (--quick: three)")
+    parser.add_argument(
+        "--cells", nargs="+", choices=list(CELLS_BY_NAME), help="default: every cell of --halves (--quick: three)"
+    )
+    parser.add_argument(
+        "--halves",
+        nargs="+",
+        choices=HALVES,
+        default=["A", "B"],
+        help="A: where defaults may be chosen; B: confirmation; C: held out, run only to test choices",
+    )
     parser.add_argument("--methods", nargs="+", help=f"default: those of {', '.join(DEFAULT_METHODS)} available")
     parser.add_argument("--method-settings", help="JSON/YAML mapping method -> settings (stride: StrideConfig)")
     parser.add_argument("--tag", default="", help="suffix of matrix.json and of the run folders of the methods that "
@@ -336,15 +358,15 @@ def main() -> int:
     parser.add_argument("--trak-ensemble", type=int, default=5, help="models in TRAK's ensemble (other seeds)")
     parser.add_argument("--vocabulary", type=int,
                         help="every language model takes one byte-level BPE tokenizer of this many tokens, trained on "
-                             "all five corpora (e.g. 50257, GPT-2's size), instead of a 1024 / 512-token one of its "
-                             "own training data; use another --out")  # fmt: skip
+                             "the five corpora of halves A and B (e.g. 50257, GPT-2's size), instead of a 1024 / "
+                             "512-token one of its own training data; use another --out")  # fmt: skip
     parser.add_argument("--workers", type=int, default=2, help="ground-truth processes")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     if args.quick:
         args.out += "_quick"
-    cell_names = args.cells or (QUICK_CELLS if args.quick else list(CELLS_BY_NAME))
+    cell_names = args.cells or (QUICK_CELLS if args.quick else [c.name for c in CELLS if c.half in args.halves])
     args.method_settings = read_mapping_file(args.method_settings) if args.method_settings else {}
     torch.set_num_threads(args.threads)
     methods = args.methods or [m for m in DEFAULT_METHODS if m in available_methods()]
@@ -365,7 +387,8 @@ def main() -> int:
                       "wall_seconds_this_run": time.perf_counter() - cell_started}  # fmt: skip
         table = write_results(results_path, done, configuration)
         print(f"[{name}] done in {done[name]['wall_seconds_this_run']:.0f} s; wrote {results_path}", flush=True)
-    print(f"\nLDS [95% CI] per cell of {results_path} (half A: defaults may be chosen there; B: confirmation)")
+    print(f"\nLDS [95% CI] per cell of {results_path} (half A: defaults may be chosen there; B: confirmation; "
+          "C: held out)")  # fmt: skip
     print("\n".join(table_lines(table, markdown=False)))
     for half, summary in half_summary(table).items():
         print(f"STRIDE vs best baseline, half {half}: mean ratio {summary['mean_ratio']:.3f}, "

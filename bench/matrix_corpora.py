@@ -5,6 +5,8 @@
   code         code: short functions of the standard library's top-level modules (source via `ast`)
   dialogue     dialogue: (turn, reply) pairs of PyPI `chatterbot-corpus` (English YAML files)
   definitions  definitions: (word, gloss) pairs of WordNet 3.0 (Debian `wordnet-base`)
+  foldoc       computing glossary: (term, first paragraph) pairs of the Free On-line Dictionary of
+               Computing (Debian `dict-foldoc`); only half C's cells (bench/matrix.py) use it
 
 Every reader returns `Entry` rows (prompt, completion): text corpora have an empty prompt. A cell
 uses a corpus either as plain text (`as_row(entry, "text")`: prompt and completion joined) or as
@@ -14,7 +16,9 @@ prompt/completion for SFT (`as_row(entry, "sft")`, only for corpora with prompts
 from __future__ import annotations
 
 import ast
+import gzip
 import itertools
+import re
 import sysconfig
 import textwrap
 from pathlib import Path
@@ -30,6 +34,8 @@ from stride.lm_training import train_tokenizer
 
 WORDNET_DIR = Path("/usr/share/wordnet")
 WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
+FOLDOC_DIR = Path("/usr/share/dictd")
+DICTD_DIGITS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 MAX_CHARS = 300
 
 
@@ -105,14 +111,49 @@ def definitions_entries() -> list[Entry]:
     return list(seen)
 
 
+def dictd_number(digits: str) -> int:
+    """A dictd index number (offset or length), written in base 64 with dictd's digit order."""
+    value = 0
+    for digit in digits:
+        value = value * 64 + DICTD_DIGITS.index(digit)
+    return value
+
+
+def foldoc_entries() -> list[Entry]:
+    """(term, gloss) pairs of FOLDOC: the entry's headword and the first paragraph of its text, its
+    `<category>` tag dropped and its `{cross references}` unbraced (glosses of 40..250 characters)."""
+    index = FOLDOC_DIR / "foldoc.index"
+    if not index.is_file():
+        raise SystemExit(f"the foldoc corpus needs FOLDOC in {FOLDOC_DIR}: apt-get install -y dict-foldoc")
+    text = gzip.decompress((FOLDOC_DIR / "foldoc.dict.dz").read_bytes())
+    seen: dict[Entry, None] = {}
+    offsets: set[int] = set()
+    for line in index.read_text(encoding="utf-8").splitlines():
+        headword, offset_digits, length_digits = line.split("\t")
+        offset = dictd_number(offset_digits)
+        if headword.startswith("00-database") or offset in offsets:
+            continue  # the dictionary's own metadata; a second headword of an entry already read
+        offsets.add(offset)
+        entry = text[offset : offset + dictd_number(length_digits)].decode("utf-8", errors="replace")
+        term, _, body = entry.partition("\n\n")
+        paragraph = " ".join(body.strip().split("\n\n")[0].split())
+        gloss = re.sub(r"[{}]", "", re.sub(r"^<[^>]*>\s*", "", paragraph))
+        term = term.split("\n")[0].strip()
+        if 40 <= len(gloss) <= 250 and term.isascii():
+            seen.setdefault(Entry(f"{term}:", f" {gloss}"))
+    return list(seen)
+
+
 READERS = {
     "fortune": fortune_entries,
     "pydoc": pydoc_entries,
     "code": code_entries,
     "dialogue": dialogue_entries,
     "definitions": definitions_entries,
+    "foldoc": foldoc_entries,
 }
-WITH_PROMPTS = ("dialogue", "definitions")
+WITH_PROMPTS = ("dialogue", "definitions", "foldoc")
+TOKENIZER_CORPORA = ("fortune", "pydoc", "code", "dialogue", "definitions")  # those of the shared tokenizer
 
 
 def as_row(entry: Entry, form: str) -> dict[str, str]:
@@ -145,13 +186,13 @@ def build_splits(corpus: str, form: str, out_dir: Path, sizes: dict[str, int], s
 
 
 def shared_tokenizer(folder: Path, vocab_size: int) -> Path:
-    """A byte-level BPE tokenizer of `vocab_size` tokens trained on every entry of all the corpora
-    (a vocabulary of a real model's size, most of it unused by any one cell), saved in `folder`
+    """A byte-level BPE tokenizer of `vocab_size` tokens trained on every entry of the five corpora
+    of halves A and B (a vocabulary of a real model's size, most of it unused by any one cell), saved in `folder`
     once and reused."""
     marker = folder / "corpora.json"
     if not marker.is_file():
-        texts = [entry.prompt + entry.completion for read in READERS.values() for entry in read()]
+        texts = [entry.prompt + entry.completion for name in TOKENIZER_CORPORA for entry in READERS[name]()]
         tokenizer = train_tokenizer(texts, vocab_size)
         tokenizer.save_pretrained(str(folder))
-        write_json(marker, {"corpora": list(READERS), "entries": len(texts), "vocab_size": len(tokenizer)})
+        write_json(marker, {"corpora": list(TOKENIZER_CORPORA), "entries": len(texts), "vocab_size": len(tokenizer)})
     return folder

@@ -4,7 +4,17 @@ import json
 
 import pytest
 from bench.matrix import CELLS, half_summary, stride_vs_best, table_lines, write_results
-from bench.matrix_corpora import WORDNET_DIR, as_row, build_splits, definitions_entries
+from bench.matrix_corpora import (
+    FOLDOC_DIR,
+    TOKENIZER_CORPORA,
+    WORDNET_DIR,
+    as_row,
+    build_splits,
+    definitions_entries,
+    dictd_number,
+    foldoc_entries,
+)
+from bench.matrix_holdout import cell_verdict
 
 
 def read_rows(path):
@@ -40,13 +50,55 @@ def test_definitions_become_prompt_completion_rows_and_pretraining_text(tmp_path
 
 
 def test_every_corpus_and_architecture_appears_at_least_twice_and_halves_balance_regimes():
-    lm_cells = [c for c in CELLS if c.regime != "classifier"]
+    lm_cells = [c for c in CELLS if c.regime != "classifier" and c.half in "AB"]
     corpora = [c.corpus for c in lm_cells]
     assert len(set(corpora)) >= 4 and all(corpora.count(v) >= 2 for v in corpora)
     architectures = [c.architecture for c in lm_cells]
     assert all(architectures.count(v) >= 2 for v in ("gpt2", "llama", "qwen2"))
     for regime in {c.regime for c in CELLS}:  # the classifier regime too: settings are chosen on A only
-        assert {c.half for c in CELLS if c.regime == regime} == {"A", "B"}, regime
+        assert {c.half for c in CELLS if c.regime == regime} == {"A", "B", "C"}, regime
+
+
+def test_half_c_is_held_out_on_a_corpus_no_other_half_uses():
+    held_out = [c for c in CELLS if c.half == "C"]
+    seen = {(c.regime, c.corpus, c.architecture) for c in CELLS if c.half != "C"}
+    assert held_out and not {(c.regime, c.corpus, c.architecture) for c in held_out} & seen
+    assert "foldoc" not in {c.corpus for c in CELLS if c.half != "C"} and "foldoc" not in TOKENIZER_CORPORA
+
+
+def test_dictd_index_numbers_are_base_64_in_dictd_digit_order():
+    assert dictd_number("A") == 0 and dictd_number("B") == 1 and dictd_number("/") == 63
+    assert dictd_number("BA") == 64 and dictd_number("Gb9L") == ((6 * 64 + 27) * 64 + 61) * 64 + 11
+
+
+@pytest.mark.skipif(not (FOLDOC_DIR / "foldoc.index").is_file(), reason="apt-get install -y dict-foldoc")
+def test_foldoc_becomes_term_and_gloss_rows_without_markup(tmp_path):
+    entries = foldoc_entries()
+    assert len(entries) > 5_000 and len(set(entries)) == len(entries)
+    assert all(e.prompt.endswith(":") and 40 < len(e.completion) <= 251 for e in entries)
+    assert not any(c in e.completion for e in entries for c in "{}") and not entries[0].completion.startswith(" <")
+    paths = build_splits("foldoc", "sft", tmp_path, {"train": 20, "queries": 5})
+    assert set(read_rows(paths["train"])[0]) == {"prompt", "completion"}
+
+
+def test_the_holdout_verdict_uses_the_regimes_advised_stride_and_the_shipped_partner(tmp_path):
+    def row(lds):
+        return {"lds": lds, "ceiling": 0.3}
+
+    gentle = {"regime": "gentle", "rows": {"stride": row(0.3), "ekfac": row(0.4), "logra": row(0.5)}}
+    classifier = {"regime": "classifier", "rows": {"stride": row(0.6), "ekfac": row(0.5)}}
+    tagged = {
+        "_second_auto": {"g": {"rows": {"stride": row(0.45)}}},
+        "_partner_ekfac": {"c": {"rows": {"stride": row(0.7)}}},
+    }
+    for tag, cells in tagged.items():
+        (tmp_path / f"matrix{tag}.json").write_text(json.dumps({"cells": cells}))
+    verdict = cell_verdict(tmp_path, "g", gentle, weight=0.6)
+    assert verdict["best_baseline"] == "logra" and verdict["ekfac_lds"] == 0.4
+    assert verdict["lds"] == {"stride": 0.3, "stride_advised": 0.45, "stride_partner": None}  # no stored scores
+    assert verdict["ratio"]["stride_advised"] == pytest.approx(0.9)
+    verdict = cell_verdict(tmp_path, "c", classifier, weight=0.6)
+    assert verdict["lds"] == {"stride": 0.6, "stride_advised": 0.6, "stride_partner": 0.7}
 
 
 def test_stride_is_compared_with_the_best_baseline_per_half():
