@@ -151,6 +151,11 @@ def recipes(cell: Cell, vocabulary: int | None = None) -> tuple[LMRecipe, LMReci
     return LMRecipe(**shape, **RECIPES[cell.regime]), LMRecipe(**shape, **BASE)
 
 
+def groundtruth_folder(cell_root: Path, n_subsets: int, n_seeds: int) -> Path:
+    """Where a language-model cell keeps its ground truth of `n_subsets` halves x `n_seeds` seeds."""
+    return cell_root / f"groundtruth_m{n_subsets}_s{n_seeds}"
+
+
 def train_cached(train: Path, folder: Path, recipe: LMRecipe, base: Path | None = None,
                  tokenizer: Path | None = None) -> Path:  # fmt: skip
     """`train_lm` unless `folder` already holds this very model; a model trained from scratch takes
@@ -202,7 +207,7 @@ def run_lm_cell(cell: Cell, sizes: Sizes, args: argparse.Namespace, methods: lis
     base = train_cached(data["pretrain"], root / "base", base_recipe, tokenizer=tokenizer) if base_recipe else None
     model = train_cached(data["train"], root / "model", recipe, base, tokenizer=tokenizer)
     seeds = sizes.scratch_seeds if cell.regime == "scratch" else sizes.seeds
-    truth = root / f"groundtruth_m{sizes.subsets}_s{seeds}"
+    truth = groundtruth_folder(root, sizes.subsets, seeds)
     summary = groundtruth(model, data["train"], data["queries"], truth, regime="finetune" if base else "scratch",
                           base_dir=base, fraction=0.5, n_subsets=sizes.subsets, n_seeds=seeds,
                           recipe=dataclasses.asdict(recipe), workers=args.workers, progress=False)  # fmt: skip

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.matrix import BASELINE_NAMES, CELLS
+from bench.matrix import BASELINE_NAMES, CELLS, groundtruth_folder
 from bench.matrix_mixtures import stored_scores
 from stride.config import StrideConfig
 from stride.core.jsonio import write_json
@@ -50,7 +50,7 @@ def astra_partner_lds(root: Path, cell: dict[str, Any], weight: float) -> float 
     stride, astra = stored_scores(root, "stride"), stored_scores(root, "astra")
     if stride is None or astra is None:
         return None
-    subsets, losses = load_groundtruth(root / f"groundtruth_m{cell['n_subsets']}_s{cell['n_seeds']}")
+    subsets, losses = load_groundtruth(groundtruth_folder(root, cell["n_subsets"], cell["n_seeds"]))
     return evaluate_lds(mix(stride, astra, weight), subsets, losses, seed=0).mean
 
 

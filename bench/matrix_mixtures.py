@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from safetensors.torch import load_file
 
-from bench.matrix import BASELINE_NAMES
+from bench.matrix import BASELINE_NAMES, groundtruth_folder
 from stride.core.jsonio import write_json
 from stride.evaluation.groundtruth import load_groundtruth
 from stride.evaluation.lds import evaluate_lds
@@ -43,7 +43,7 @@ def stored_scores(cell_root: Path, method: str) -> np.ndarray | None:
 def cell_mixtures(cell_root: Path, cell: dict[str, Any], partners: list[str]) -> tuple[dict[str, float], dict]:
     """LDS of every mixture of one cell, keyed 'A+B@w' (w = 0: A alone), and the best single baseline's
     LDS under 'best_baseline'; and each mixture's 95% bootstrap interval over queries."""
-    subsets, losses = load_groundtruth(cell_root / f"groundtruth_m{cell['n_subsets']}_s{cell['n_seeds']}")
+    subsets, losses = load_groundtruth(groundtruth_folder(cell_root, cell["n_subsets"], cell["n_seeds"]))
     scores = {m: s for m in ["stride", *partners] if (s := stored_scores(cell_root, m)) is not None}
     values: dict[str, float] = {}
     intervals: dict[str, list[float]] = {}

@@ -26,6 +26,7 @@ import numpy as np
 from safetensors.numpy import load_file
 from scipy.stats import rankdata, spearmanr
 
+from bench.matrix import groundtruth_folder
 from stride.evaluation.groundtruth import load_groundtruth
 
 
@@ -97,7 +98,7 @@ def matrix_calibration(out: Path, tag: str) -> dict[str, dict[str, float]]:
     results = {}
     for name, cell in cells.items():
         run = out / name / "runs" / f"stride{tag}"
-        groundtruth = out / name / f"groundtruth_m{cell['n_subsets']}_s{cell['n_seeds']}"
+        groundtruth = groundtruth_folder(out / name, cell["n_subsets"], cell["n_seeds"])
         if cell["regime"] == "classifier" or not (run / "lds.json").is_file():
             continue
         results[name] = {"half": cell["half"], **query_calibration(run), **score_calibration(run, groundtruth)}
