@@ -32,9 +32,11 @@ earlier runs) and OUT/matrix{TAG}.md are written after every cell.
 `--vocabulary N` (another --out) gives every language model one byte-level BPE tokenizer of N tokens
 trained on the five corpora of halves A and B, e.g. GPT-2's 50,257: the model's vocabulary then has a
 real model's size, most of it unused by any one cell (STRIDE's `auto` form takes hashed operators above 16,384).
+`--depth N` (another --out) gives every language model N decoder blocks instead of 2: on 2-block models
+STRIDE's default block (about 0.6 of the depth) is the last one, on deeper ones it is not.
 
     python -m bench.matrix [--quick] [--halves A B C] [--cells NAME ...] [--methods stride ekfac ...]
-                           [--tag _T] [--vocabulary N]
+                           [--tag _T] [--vocabulary N] [--depth N]
 """
 
 from __future__ import annotations
@@ -140,12 +142,15 @@ DEFAULT_METHODS = ("stride", "ekfac", "logra", "graddot", "trak", "tfidf", "bm25
 BASELINE_NAMES = ("ekfac", "logra", "graddot", "trak", "tfidf", "bm25", "gradcos", "repsim", "astra")
 
 
-def recipes(cell: Cell, vocabulary: int | None = None) -> tuple[LMRecipe, LMRecipe | None]:
+def recipes(cell: Cell, vocabulary: int | None = None, depth: int | None = None) -> tuple[LMRecipe, LMRecipe | None]:
     """The attributed model's recipe and its base's (None: trained from scratch); `vocabulary`
-    replaces the vocabulary size (the shared tokenizer's, see `--vocabulary`)."""
+    replaces the vocabulary size (the shared tokenizer's, see `--vocabulary`), `depth` the number of
+    decoder blocks (see `--depth`)."""
     shape = {**(SCRATCH_MODEL if cell.regime == "scratch" else MODEL), "architecture": cell.architecture}
     if vocabulary is not None:
         shape["vocab_size"] = vocabulary
+    if depth is not None:
+        shape["n_layers"] = depth
     if cell.regime == "scratch":
         return LMRecipe(**shape, **RECIPES["scratch"]), None
     return LMRecipe(**shape, **RECIPES[cell.regime]), LMRecipe(**shape, **BASE)
@@ -195,7 +200,7 @@ def run_method(method: str, model: Path, data: dict[str, Path], root: Path, trut
 def run_lm_cell(cell: Cell, sizes: Sizes, args: argparse.Namespace, methods: list[str]) -> dict[str, Any]:
     """Data, models, ground truth and every method of one language-model cell."""
     root = Path(args.out) / cell.name
-    recipe, base_recipe = recipes(cell, args.vocabulary)
+    recipe, base_recipe = recipes(cell, args.vocabulary, args.depth)
     tokenizer = None
     if args.vocabulary:
         tokenizer = shared_tokenizer(Path(args.out) / f"tokenizer_{args.vocabulary}", args.vocabulary)
@@ -365,6 +370,9 @@ def main() -> int:
                         help="every language model takes one byte-level BPE tokenizer of this many tokens, trained on "
                              "the five corpora of halves A and B (e.g. 50257, GPT-2's size), instead of a 1024 / "
                              "512-token one of its own training data; use another --out")  # fmt: skip
+    parser.add_argument("--depth", type=int,
+                        help="decoder blocks of every language model (default 2): STRIDE's default block, about "
+                             "0.6 of the depth, is then not the last one; use another --out")  # fmt: skip
     parser.add_argument("--workers", type=int, default=2, help="ground-truth processes")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

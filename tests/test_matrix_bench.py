@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from bench.matrix import CELLS, half_summary, stride_vs_best, table_lines, write_results
+from bench.matrix import CELLS, CELLS_BY_NAME, half_summary, recipes, stride_vs_best, table_lines, write_results
 from bench.matrix_corpora import (
     FOLDOC_DIR,
     TOKENIZER_CORPORA,
@@ -64,6 +64,15 @@ def test_half_c_is_held_out_on_a_corpus_no_other_half_uses():
     seen = {(c.regime, c.corpus, c.architecture) for c in CELLS if c.half != "C"}
     assert held_out and not {(c.regime, c.corpus, c.architecture) for c in held_out} & seen
     assert "foldoc" not in {c.corpus for c in CELLS if c.half != "C"} and "foldoc" not in TOKENIZER_CORPORA
+
+
+def test_depth_and_vocabulary_replace_the_shape_of_the_model_and_its_base_alike():
+    model, base = recipes(CELLS_BY_NAME["gentle_fortune_llama"], vocabulary=50257, depth=4)
+    assert (model.n_layers, model.vocab_size) == (base.n_layers, base.vocab_size) == (4, 50257)
+    scratch, no_base = recipes(CELLS_BY_NAME["scratch_pydoc_gpt2"], depth=6)
+    assert (scratch.n_layers, scratch.vocab_size, no_base) == (6, 512, None)
+    default, _ = recipes(CELLS_BY_NAME["gentle_fortune_llama"])
+    assert (default.n_layers, default.vocab_size) == (2, 1024)
 
 
 def test_dictd_index_numbers_are_base_64_in_dictd_digit_order():
