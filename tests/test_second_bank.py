@@ -16,7 +16,7 @@ from stride.data import load_data
 from stride.distributed import Shard
 from stride.errors import StrideError
 from stride.method.hybrid import mix
-from stride.models import decoder_blocks, default_layer, load_causal_lm
+from stride.models import decoder_blocks, load_causal_lm
 from stride.store import RunStore
 
 SMALL = dict(n_subsets=48, subsets_per_example=6, rank=8, epochs=2, batch_size=16, learning_rate=3e-2, designs=2,
@@ -59,11 +59,10 @@ def test_second_bank_scores_are_the_mix_of_both_banks(gpt2_dir, corpus, tmp_path
     assert not stages["second_responses"]["reused"]
 
 
-def test_auto_second_place_is_the_default_block(gpt2_dir, corpus, tmp_path):
-    """`second_layer: auto` steers the default block (about 0.6 of the depth): the same stages and scores
-    as naming that block."""
+def test_auto_second_place_is_the_last_block(gpt2_dir, corpus, tmp_path):
+    """`second_layer: auto` steers the last decoder block: the same stages and scores as naming that block."""
     auto = _run(gpt2_dir, corpus, tmp_path / "run", second_layer="auto", second_weight=0.3)
-    block = default_layer(len(decoder_blocks(load_causal_lm(gpt2_dir)[0])))
+    block = len(decoder_blocks(load_causal_lm(gpt2_dir)[0])) - 1
     stage = tmp_path / "run" / "stages" / "second_bank" / "stages" / "operators.json"
     assert json.loads(stage.read_text())["arguments"]["layer"] == block
     named = _run(gpt2_dir, corpus, tmp_path / "run", second_layer=block, second_weight=0.3)
