@@ -97,8 +97,9 @@ class StrideConfig:
             mixed into the first bank's per query in standard units at `second_weight` (before the
             partner's). A block index for causal LMs, a place ("NAME" or "NAME:input") for
             classifiers, or "auto": the last decoder block for causal LMs (the setting for gentle
-            fine-tuning; on the 2-block benchmark models also the default block), the input of the first nn.Linear for classifiers (no
-            second bank when the model has a single one). None: one bank.
+            fine-tuning; on the 2-block benchmark models also the default block), the input of the
+            first nn.Linear for classifiers (no second bank when the model has a single one). None:
+            one bank.
         second_weight: the second bank's weight in [0, 1] (0.7: chosen on half A's classifier cell
             and on half A's gentle fine-tuning cell of the benchmark matrix, confirmed on half B's).
     """
