@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import GPT2Config, GPT2LMHeadModel
 
 import stride.method.attributor as stride_attributor
 from stride.api import attribute
@@ -16,8 +17,9 @@ from stride.data import load_data
 from stride.distributed import Shard
 from stride.errors import StrideError
 from stride.method.hybrid import mix
-from stride.models import decoder_blocks, load_causal_lm
+from stride.models import decoder_blocks, default_layer, load_causal_lm
 from stride.store import RunStore
+from stride.tasks import CausalLMTask
 
 SMALL = dict(n_subsets=48, subsets_per_example=6, rank=8, epochs=2, batch_size=16, learning_rate=3e-2, designs=2,
              cv_queries=4)  # fmt: skip
@@ -69,6 +71,12 @@ def test_auto_second_place_is_the_last_block(gpt2_dir, corpus, tmp_path):
     stages = json.loads((tmp_path / "run" / "info.json").read_text())["stages"]
     assert all(stage["reused"] for name, stage in stages.items() if not name.endswith("hybrid"))
     assert torch.equal(auto.scores, named.scores)
+
+
+def test_auto_second_place_is_the_last_block_where_it_is_not_the_default_one():
+    """On a 4-block model the default block (about 0.6 of the depth) is block 2; auto takes block 3."""
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=4, n_head=2, n_positions=32))
+    assert default_layer(4) == 2 and CausalLMTask().second_place(model) == 3
 
 
 @pytest.mark.parametrize("config, message", [
