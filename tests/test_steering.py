@@ -1,8 +1,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from stride.data import load_data
+from stride.errors import StrideError
 from stride.losses import sequence_kl, sequence_losses
 from stride.method.operators import OperatorBank
 from stride.method.steering import SteeredModel, rows_per_base_row
@@ -25,6 +27,16 @@ def test_decoder_blocks_are_found_generically(arch, gpt2_dir, llama_dir):
     blocks = decoder_blocks(model)
     assert len(blocks) == model.config.num_hidden_layers
     assert type(blocks[0]).__name__ in ("GPT2Block", "LlamaDecoderLayer")
+
+
+def test_negative_layers_count_from_the_last_block():
+    """`layer: -1` steers the last block, `-n` the first; beyond the depth either way is refused."""
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=4, n_head=2, n_positions=32))
+    task = CausalLMTask()
+    assert [task.steered(model, layer).location for layer in (-1, -4, 3, None)] == [3, 0, 3, default_layer(4)]
+    for layer in (-5, 4):
+        with pytest.raises(StrideError, match="layer must be between 0 and 3 \\(or -4 to -1"):
+            task.steered(model, layer)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

@@ -38,7 +38,8 @@ class StrideConfig:
             operators: memory per operator independent of the vocabulary) or "hashed_logit" (o' = o +
             S a_k B h, a_k m x r with m = output_rank buckets, S a fixed random signed hashing of the
             vocabulary into the buckets).
-        layer: causal LMs: index of the steered decoder block (None: about 0.6 of the depth);
+        layer: causal LMs: index of the steered decoder block (None: about 0.6 of the depth; negative:
+            counted from the last block, -1 being the last);
             classifiers: "NAME" (output of module NAME) or "NAME:input" (None: the input of the
             last nn.Linear, the penultimate representation).
         rank: rank r of the shared basis B.

@@ -163,12 +163,14 @@ class CausalLMTask(Task):
         return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
     def steered(self, model: nn.Module, layer: int | None) -> Steered:
-        """The decoder block `layer` (default: about 0.6 of the depth), steered at its output."""
+        """The decoder block `layer` (default: about 0.6 of the depth; negative: counted from the last
+        block, -1 being the last), steered at its output."""
         blocks = decoder_blocks(model)
         layer = default_layer(len(blocks)) if layer is None else layer
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(blocks):
-            raise StrideError(f"layer must be between 0 and {len(blocks) - 1}, got {layer}")
-        return SteeredModel(model, blocks, layer, self)
+        if isinstance(layer, bool) or not isinstance(layer, int) or not -len(blocks) <= layer < len(blocks):
+            raise StrideError(f"layer must be between 0 and {len(blocks) - 1} (or -{len(blocks)} to -1, counted "
+                              f"from the last block), got {layer}")  # fmt: skip
+        return SteeredModel(model, blocks, layer % len(blocks), self)
 
     def second_place(self, model: nn.Module) -> int:
         """The last decoder block: only the final norm and the head run again per steered row. On the
