@@ -11,6 +11,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenM
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -45,6 +46,12 @@ def gpt2_dir(corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) 
     """A tiny GPT-2 pre-trained on the training file."""
     out = tmp_path_factory.mktemp("gpt2")
     return train_lm(corpus["train"], out, LMRecipe(architecture="gpt2", **TINY_RECIPE), progress=False)
+
+
+@pytest.fixture(scope="session")
+def gpt2_four_blocks() -> GPT2LMHeadModel:
+    """An untrained 4-block GPT-2, where the default block (about 0.6 of the depth, 2) is not the last (3)."""
+    return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=4, n_head=2, n_positions=32))
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import GPT2Config, GPT2LMHeadModel
 
 import stride.method.attributor as stride_attributor
 from stride.api import attribute
@@ -73,10 +72,9 @@ def test_auto_second_place_is_the_last_block(gpt2_dir, corpus, tmp_path):
     assert torch.equal(auto.scores, named.scores)
 
 
-def test_auto_second_place_is_the_last_block_where_it_is_not_the_default_one():
+def test_auto_second_place_is_the_last_block_where_it_is_not_the_default_one(gpt2_four_blocks):
     """On a 4-block model the default block (about 0.6 of the depth) is block 2; auto takes block 3."""
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=4, n_head=2, n_positions=32))
-    assert default_layer(4) == 2 and CausalLMTask().second_place(model) == 3
+    assert default_layer(4) == 2 and CausalLMTask().second_place(gpt2_four_blocks) == 3
 
 
 @pytest.mark.parametrize("config, message", [

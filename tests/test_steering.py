@@ -1,7 +1,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from stride.data import load_data
 from stride.errors import StrideError
@@ -29,14 +28,14 @@ def test_decoder_blocks_are_found_generically(arch, gpt2_dir, llama_dir):
     assert type(blocks[0]).__name__ in ("GPT2Block", "LlamaDecoderLayer")
 
 
-def test_negative_layers_count_from_the_last_block():
+def test_negative_layers_count_from_the_last_block(gpt2_four_blocks):
     """`layer: -1` steers the last block, `-n` the first; beyond the depth either way is refused."""
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=4, n_head=2, n_positions=32))
     task = CausalLMTask()
-    assert [task.steered(model, layer).location for layer in (-1, -4, 3, None)] == [3, 0, 3, default_layer(4)]
+    locations = [task.steered(gpt2_four_blocks, layer).location for layer in (-1, -4, 3, None)]
+    assert locations == [3, 0, 3, default_layer(4)]
     for layer in (-5, 4):
         with pytest.raises(StrideError, match="layer must be between 0 and 3 \\(or -4 to -1"):
-            task.steered(model, layer)
+            task.steered(gpt2_four_blocks, layer)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
