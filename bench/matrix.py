@@ -34,9 +34,10 @@ trained on the five corpora of halves A and B, e.g. GPT-2's 50,257: the model's 
 real model's size, most of it unused by any one cell (STRIDE's `auto` form takes hashed operators above 16,384).
 `--depth N` (another --out) gives every language model N decoder blocks instead of 2: on 2-block models
 STRIDE's default block (about 0.6 of the depth) is the last one, on deeper ones it is not.
+`--width N` (another --out) gives every language model a hidden size of N instead of 96 (from scratch 64).
 
     python -m bench.matrix [--quick] [--halves A B C] [--cells NAME ...] [--methods stride ekfac ...]
-                           [--tag _T] [--vocabulary N] [--depth N]
+                           [--tag _T] [--vocabulary N] [--depth N] [--width N]
 """
 
 from __future__ import annotations
@@ -142,15 +143,18 @@ DEFAULT_METHODS = ("stride", "ekfac", "logra", "graddot", "trak", "tfidf", "bm25
 BASELINE_NAMES = ("ekfac", "logra", "graddot", "trak", "tfidf", "bm25", "gradcos", "repsim", "astra")
 
 
-def recipes(cell: Cell, vocabulary: int | None = None, depth: int | None = None) -> tuple[LMRecipe, LMRecipe | None]:
+def recipes(cell: Cell, vocabulary: int | None = None, depth: int | None = None,
+            width: int | None = None) -> tuple[LMRecipe, LMRecipe | None]:  # fmt: skip
     """The attributed model's recipe and its base's (None: trained from scratch); `vocabulary`
     replaces the vocabulary size (the shared tokenizer's, see `--vocabulary`), `depth` the number of
-    decoder blocks (see `--depth`)."""
+    decoder blocks (see `--depth`), `width` the hidden size (see `--width`)."""
     shape = {**(SCRATCH_MODEL if cell.regime == "scratch" else MODEL), "architecture": cell.architecture}
     if vocabulary is not None:
         shape["vocab_size"] = vocabulary
     if depth is not None:
         shape["n_layers"] = depth
+    if width is not None:
+        shape["hidden_size"] = width
     if cell.regime == "scratch":
         return LMRecipe(**shape, **RECIPES["scratch"]), None
     return LMRecipe(**shape, **RECIPES[cell.regime]), LMRecipe(**shape, **BASE)
@@ -200,7 +204,7 @@ def run_method(method: str, model: Path, data: dict[str, Path], root: Path, trut
 def run_lm_cell(cell: Cell, sizes: Sizes, args: argparse.Namespace, methods: list[str]) -> dict[str, Any]:
     """Data, models, ground truth and every method of one language-model cell."""
     root = Path(args.out) / cell.name
-    recipe, base_recipe = recipes(cell, args.vocabulary, args.depth)
+    recipe, base_recipe = recipes(cell, args.vocabulary, args.depth, args.width)
     tokenizer = None
     if args.vocabulary:
         tokenizer = shared_tokenizer(Path(args.out) / f"tokenizer_{args.vocabulary}", args.vocabulary)
@@ -373,6 +377,9 @@ def main() -> int:
     parser.add_argument("--depth", type=int,
                         help="decoder blocks of every language model (default 2): STRIDE's default block, about "
                              "0.6 of the depth, is then not the last one; use another --out")  # fmt: skip
+    parser.add_argument("--width", type=int,
+                        help="hidden size of every language model (default 96; from scratch 64), 4 heads and an "
+                             "MLP of 4x the width as before; use another --out")  # fmt: skip
     parser.add_argument("--workers", type=int, default=2, help="ground-truth processes")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

@@ -66,13 +66,14 @@ def test_half_c_is_held_out_on_a_corpus_no_other_half_uses():
     assert "foldoc" not in {c.corpus for c in CELLS if c.half != "C"} and "foldoc" not in TOKENIZER_CORPORA
 
 
-def test_depth_and_vocabulary_replace_the_shape_of_the_model_and_its_base_alike():
-    model, base = recipes(CELLS_BY_NAME["gentle_fortune_llama"], vocabulary=50257, depth=4)
-    assert (model.n_layers, model.vocab_size) == (base.n_layers, base.vocab_size) == (4, 50257)
+def test_depth_width_and_vocabulary_replace_the_shape_of_the_model_and_its_base_alike():
+    model, base = recipes(CELLS_BY_NAME["gentle_fortune_llama"], vocabulary=50257, depth=4, width=256)
+    assert (model.n_layers, model.vocab_size, model.hidden_size) == (base.n_layers, base.vocab_size,
+                                                                     base.hidden_size) == (4, 50257, 256)  # fmt: skip
     scratch, no_base = recipes(CELLS_BY_NAME["scratch_pydoc_gpt2"], depth=6)
-    assert (scratch.n_layers, scratch.vocab_size, no_base) == (6, 512, None)
+    assert (scratch.n_layers, scratch.vocab_size, scratch.hidden_size, no_base) == (6, 512, 64, None)
     default, _ = recipes(CELLS_BY_NAME["gentle_fortune_llama"])
-    assert (default.n_layers, default.vocab_size) == (2, 1024)
+    assert (default.n_layers, default.vocab_size, default.hidden_size) == (2, 1024, 96)
 
 
 def test_dictd_index_numbers_are_base_64_in_dictd_digit_order():
