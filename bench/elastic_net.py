@@ -39,12 +39,10 @@ from stride.method.recover import CV_FOLDS, CV_LAMBDAS, CV_SPAN, CV_TOL, SCORES_
 CV_QUERIES = 8  # STRIDE's default cv_queries
 
 
-def design_stages(stages: Path, n_subsets: int) -> list[tuple[np.ndarray, sp.csr_matrix]]:
-    """(responses [n_queries, K], membership [K, n_train]) of every design stored in `stages`."""
+def design_stages(stages: Path, n_designs: int, n_subsets: int) -> list[tuple[np.ndarray, sp.csr_matrix]]:
+    """(responses [n_queries, K], membership [K, n_train]) of each of a run's `n_designs` designs."""
     designs = []
-    for suffix in ["", *(f"_design{d}" for d in range(1, 64))]:
-        if not (stages / f"responses{suffix}.safetensors").is_file():
-            break
+    for suffix in ["", *(f"_design{d}" for d in range(1, n_designs))]:
         responses = load_file(str(stages / f"responses{suffix}.safetensors"))["responses"].astype(np.float64)
         table = load_file(str(stages / f"membership{suffix}.safetensors"))["example_subsets"]
         designs.append((responses, membership_matrix(table, n_subsets)))
@@ -78,7 +76,7 @@ def cell_lds(run: Path, groundtruth: Path, ratios: list[float]) -> dict[str, dic
     """LDS of the design-averaged, first-order-mixed scores at every l1_ratio."""
     settings = json.loads((run / "info.json").read_text())["settings"]
     stages = run / "stages"
-    designs = design_stages(stages, settings["n_subsets"])
+    designs = design_stages(stages, settings["designs"], settings["n_subsets"])
     queries = load_file(str(stages / "first_order_queries.safetensors"))["features"].astype(np.float64)
     train = load_file(str(stages / "first_order_train.safetensors"))["features"].astype(np.float64)
     first_order = queries @ train.T
