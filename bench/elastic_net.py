@@ -21,6 +21,7 @@ import argparse
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -39,14 +40,14 @@ from stride.method.recover import CV_FOLDS, CV_LAMBDAS, CV_SPAN, CV_TOL, SCORES_
 CV_QUERIES = 8  # STRIDE's default cv_queries
 
 
-def design_stages(stages: Path, n_designs: int, n_subsets: int) -> list[tuple[np.ndarray, sp.csr_matrix]]:
-    """(responses [n_queries, K], membership [K, n_train]) of each of a run's `n_designs` designs."""
-    designs = []
+def design_stages(stages: Path, n_designs: int, n_subsets: int) -> tuple[list[np.ndarray], list[sp.csr_matrix]]:
+    """The responses [n_queries, K] and memberships [K, n_train] of each of a run's `n_designs` designs."""
+    responses, memberships = [], []
     for suffix in ["", *(f"_design{d}" for d in range(1, n_designs))]:
-        responses = load_file(str(stages / f"responses{suffix}.safetensors"))["responses"].astype(np.float64)
+        responses.append(load_file(str(stages / f"responses{suffix}.safetensors"))["responses"].astype(np.float64))
         table = load_file(str(stages / f"membership{suffix}.safetensors"))["example_subsets"]
-        designs.append((responses, membership_matrix(table, n_subsets)))
-    return designs
+        memberships.append(membership_matrix(table, n_subsets))
+    return responses, memberships
 
 
 def elastic_net_penalty(membership: sp.csr_matrix, standardized: np.ndarray, ratio: float, seed: int) -> float:
@@ -60,14 +61,15 @@ def elastic_net_penalty(membership: sp.csr_matrix, standardized: np.ndarray, rat
     return float(np.median(chosen))
 
 
-def recovered_scores(designs: list[tuple[np.ndarray, sp.csr_matrix]], ratio: float, seed: int) -> list[np.ndarray]:
-    """Each design's elastic-net scores [n_queries, n_train] in loss units, at one penalty chosen on the first."""
-    penalty = elastic_net_penalty(designs[0][1], standardize(designs[0][0])[0], ratio, seed)
+def recovered_scores(memberships: list[sp.csr_matrix], standardized: list[tuple[np.ndarray, np.ndarray]],
+                     ratio: float, seed: int) -> list[np.ndarray]:  # fmt: skip
+    """Each design's elastic-net scores [n_queries, n_train] in loss units, from its (membership,
+    `standardize`d responses), at one penalty chosen on the first design."""
+    penalty = elastic_net_penalty(memberships[0], standardized[0][0], ratio, seed)
     scores = []
-    for responses, membership in designs:
-        standardized, scales = standardize(responses)
+    for membership, (units, scales) in zip(memberships, standardized):
         model = ElasticNet(alpha=penalty, l1_ratio=ratio, max_iter=10000, tol=SCORES_TOL)
-        model.fit(membership, standardized.T)
+        model.fit(membership, units.T)
         scores.append(np.atleast_2d(model.coef_) * scales[:, None])
     return scores
 
@@ -76,15 +78,16 @@ def cell_lds(run: Path, groundtruth: Path, ratios: list[float]) -> dict[str, dic
     """LDS of the design-averaged, first-order-mixed scores at every l1_ratio."""
     settings = json.loads((run / "info.json").read_text())["settings"]
     stages = run / "stages"
-    designs = design_stages(stages, settings["designs"], settings["n_subsets"])
+    responses, memberships = design_stages(stages, settings["designs"], settings["n_subsets"])
     queries = load_file(str(stages / "first_order_queries.safetensors"))["features"].astype(np.float64)
     train = load_file(str(stages / "first_order_train.safetensors"))["features"].astype(np.float64)
     first_order = queries @ train.T
     subsets, losses = load_groundtruth(groundtruth)
+    standardized = [standardize(r) for r in responses]
     results = {}
     for ratio in ratios:
-        scores = recovered_scores(designs, ratio, settings["seed"])
-        weight, _ = cross_fitted_weight(scores, [d[0] for d in designs], [d[1] for d in designs], first_order)
+        scores = recovered_scores(memberships, standardized, ratio, settings["seed"])
+        weight, _ = cross_fitted_weight(scores, responses, memberships, first_order)
         average = np.mean(scores, axis=0)
         report = evaluate_lds(mix(average, first_order, weight), subsets, losses)
         nonzero = float((average != 0).mean())
@@ -101,7 +104,7 @@ def main() -> None:
     args = parser.parse_args()
     print("configuration:", json.dumps(vars(args)), flush=True)
     warnings.simplefilter("ignore", ConvergenceWarning)
-    results: dict[str, dict[str, object]] = {}
+    results: dict[str, dict[str, Any]] = {}
     for out in map(Path, args.out):
         for name, cell in json.loads((out / "matrix.json").read_text())["cells"].items():
             run = out / name / "runs" / args.run
@@ -114,7 +117,7 @@ def main() -> None:
     print("\nmean LDS change against the Lasso (l1_ratio 1), per half:")
     for half in sorted({str(r["half"]) for r in results.values()}):
         rows = [r["lds"] for r in results.values() if r["half"] == half]
-        changes = {ratio: np.mean([row[ratio]["lds"] - row["1"]["lds"] for row in rows]) for ratio in rows[0]}  # type: ignore[index]
+        changes = {ratio: np.mean([row[ratio]["lds"] - row["1"]["lds"] for row in rows]) for ratio in rows[0]}
         print(f"  {half} ({len(rows)} cells): " + "  ".join(f"{r}: {c:+.4f}" for r, c in changes.items()))
     path = Path(args.out[0]) / "elastic_net.json"
     write_json(path, {"configuration": vars(args), "cells": results})
