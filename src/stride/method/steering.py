@@ -25,7 +25,6 @@ from torch import nn
 
 from stride.data import Batch
 from stride.errors import StrideError
-from stride.method.norm_head import NormHead
 from stride.method.operators import RESIDUAL, OperatorBank
 
 if TYPE_CHECKING:
@@ -125,29 +124,8 @@ class Steered(ABC):
             blocks = delta.view(len(base.logits), per_row, *delta.shape[1:])
             summed = blocks.add_(base.logits[:, None]) if not delta.requires_grad else blocks + base.logits[:, None]
             return summed.view_as(delta)
-        norm_head = self.norm_head(base, batch)
-        if norm_head is not None:
-            return _through_norm_head(norm_head, bank, base, rows, subset_ids, hidden)
         steered_hidden = (hidden + bank.delta(hidden, subset_ids)).to(hidden.dtype)  # the blocks' own dtype
         return self.logits_from_hidden(steered_hidden, batch.select(rows))
-
-    def norm_head(self, base: BasePass, batch: Any) -> NormHead | None:
-        """The final norm and linear head above the steered place, when nothing else lies between
-        them and the outputs (see `stride.method.norm_head`); None by default."""
-        return None
-
-
-def _through_norm_head(norm_head: NormHead, bank: OperatorBank, base: BasePass, rows: torch.Tensor,
-                       subset_ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    """Residual-form outputs of rows `rows` (`hidden`: their base representations) at the last block:
-    each operator as a vocab x r matrix on its codes, (W diag(g) centre(a_k)) z, plus the base row's
-    share, scaled by the steered row's norm."""
-    codes = bank.codes(hidden)
-    steered_hidden = hidden + torch.einsum("ntr,nor->nto", codes, bank.coefficients[subset_ids])
-    used, which = subset_ids.unique(return_inverse=True)
-    matrices = norm_head.operator_matrices(bank.coefficients[used])
-    linear = norm_head.linear(base.hidden)[rows] + torch.einsum("ntr,nvr->ntv", codes.float(), matrices[which])
-    return norm_head.logits(linear, steered_hidden).to(base.logits.dtype)
 
 
 class SteeredModel(Steered):
@@ -158,8 +136,6 @@ class SteeredModel(Steered):
         self.blocks = blocks
         self.layer = layer
         self._block_returns_tuple = False
-        self._norm_head: NormHead | None = None
-        self._norm_head_pending = layer == len(blocks) - 1  # looked up on the first steered pass
 
     @property
     def location(self) -> int:
@@ -205,18 +181,6 @@ class SteeredModel(Steered):
         finally:
             for i, original in enumerate(originals):
                 self.blocks[i] = original
-
-    def norm_head(self, base: BasePass, batch: Batch) -> NormHead | None:
-        """At the last block, the model's final norm and head once they reproduce its outputs on the
-        first two rows of the first batch seen (unsteered and perturbed); None elsewhere."""
-        if self._norm_head_pending:
-            self._norm_head_pending = False
-            few = torch.arange(min(2, len(base.hidden)), device=base.hidden.device)
-            self._norm_head = NormHead.find(
-                self.model, self.blocks, base.hidden[few], base.logits[few],
-                lambda hidden: self.logits_from_hidden(hidden, batch.select(few)),
-            )  # fmt: skip
-        return self._norm_head
 
     @contextmanager
     def attached(self, bank: OperatorBank, subset_ids: torch.Tensor) -> Iterator[None]:
