@@ -37,7 +37,10 @@ STRIDE's default block (about 0.6 of the depth) is the last one, on deeper ones 
 `--width N` (another --out) gives every language model a hidden size of N instead of 96 (from scratch 64).
 
     python -m bench.matrix [--quick] [--halves A B C] [--cells NAME ...] [--methods stride ekfac ...]
-                           [--tag _T] [--vocabulary N] [--depth N] [--width N]
+                           [--tag _T] [--vocabulary N] [--depth N] [--width N] [--seed S]
+
+`--seed S` reruns the methods with another seed (STRIDE: other designs) into run folders and a matrix file
+suffixed `_seedS`, against the same models and ground truth.
 """
 
 from __future__ import annotations
@@ -175,8 +178,10 @@ def train_cached(train: Path, folder: Path, recipe: LMRecipe, base: Path | None 
 
 
 def run_name(method: str, args: argparse.Namespace) -> str:
-    """A method's run folder: tagged when --method-settings sets it, else the default-settings one (reused)."""
-    return f"{method}{args.tag}" if method in args.method_settings else method
+    """A method's run folder: tagged when --method-settings sets it, else the default-settings one (reused);
+    with a --seed other than 0, suffixed `_seedS`."""
+    name = f"{method}{args.tag}" if method in args.method_settings else method
+    return f"{name}_seed{args.seed}" if args.seed else name
 
 
 def run_method(method: str, model: Path, data: dict[str, Path], root: Path, truth: Path,
@@ -189,7 +194,7 @@ def run_method(method: str, model: Path, data: dict[str, Path], root: Path, trut
     out = root / "runs" / run_name(method, args)
     try:
         result = attribute(model, data["train"], data["queries"], out, method=method, config=config,
-                           threads=args.threads, method_settings=settings, overwrite=args.recompute,
+                           seed=args.seed, threads=args.threads, method_settings=settings, overwrite=args.recompute,
                            progress=False)  # fmt: skip
     except StrideError as exc:
         raise SystemExit(f"{method} in {root}: {exc}\n(bench.matrix: --recompute replaces a run folder; "
@@ -268,7 +273,7 @@ def run_classifier_cell(cell: Cell, sizes: Sizes, args: argparse.Namespace, meth
         settings = args.method_settings.get(method)
         scores = classifiers.attribute_classifier(
             models[0], data["x"], data["y"], data["xq"], data["yq"], method=method,
-            checkpoints=models[1:] if method == "trak" else [], seed=0,
+            checkpoints=models[1:] if method == "trak" else [], seed=args.seed,
             config=settings if method == "stride" else None,
             method_settings=None if method == "stride" else settings,
         ).numpy()  # fmt: skip
@@ -382,6 +387,8 @@ def main() -> int:
                              "MLP of 4x the width as before; use another --out")  # fmt: skip
     parser.add_argument("--workers", type=int, default=2, help="ground-truth processes")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="the methods' seed (STRIDE: its designs' membership and "
+                        "operators); other than 0, run folders get the suffix _seedS")  # fmt: skip
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     if args.quick:
@@ -396,7 +403,7 @@ def main() -> int:
     configuration = {**vars(args), "sizes": dataclasses.asdict(sizes), "cells": cell_names, "methods": methods}
     print("configuration:", json.dumps(configuration, default=str), flush=True)
     started = time.perf_counter()
-    results_path = Path(args.out) / f"matrix{args.tag}.json"
+    results_path = Path(args.out) / f"matrix{args.tag}{f'_seed{args.seed}' if args.seed else ''}.json"
     done: dict[str, dict[str, Any]] = {}
     table = done
     for name in cell_names:

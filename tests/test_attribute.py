@@ -10,9 +10,10 @@ from stride.api import attribute
 from stride.config import StrideConfig
 from stride.data import write_jsonl
 from stride.errors import StrideError
+from stride.lm_training import LMRecipe, train_lm
 from stride.method.attributor import DESIGN_SEED_STRIDE, StrideAttributor
 
-from conftest import N_QUERIES, N_TRAIN
+from conftest import N_QUERIES, N_TRAIN, TINY_RECIPE
 
 SMALL = dict(n_subsets=48, subsets_per_example=6, rank=8, epochs=4, batch_size=16, learning_rate=3e-2, designs=1,
              cv_queries=4, checkpoint_every=5)  # fmt: skip
@@ -38,6 +39,15 @@ def test_contract_files_and_exact_duplicates_rank_top5(form, gpt2_dir, corpus, t
     assert len(top) == N_QUERIES and len(top[0]["top"]) == 10 and len(top[0]["bottom"]) == 10
     assert top[0]["top"][0]["score"] >= top[0]["top"][-1]["score"] >= top[0]["bottom"][0]["score"]
     assert result.scores.shape == scores.shape
+
+
+def test_learning_rate_auto_is_resolved_for_the_model_width_and_recorded(corpus, tmp_path):
+    wide = LMRecipe(architecture="llama", **{**TINY_RECIPE, "n_layers": 1, "hidden_size": 192, "epochs": 1})
+    model_dir = train_lm(corpus["train"], tmp_path / "wide", wide, progress=False)
+    settings = {key: value for key, value in SMALL.items() if key != "learning_rate"}
+    result = attribute(model_dir, corpus["train"], corpus["queries"], tmp_path / "run",
+                       config=StrideConfig(**{**settings, "epochs": 1}), progress=False)  # fmt: skip
+    assert result.info["settings"]["learning_rate"] == pytest.approx(3e-3 * 96 / 192)
 
 
 def test_same_seed_gives_identical_scores_and_reruns_skip_stages(llama_dir, corpus, tmp_path):

@@ -37,10 +37,10 @@ def _one_line_error(build, *fragments: str) -> str:
      ({"rank": 4.5}, ["rank", "must be an integer, got 4.5 (float)"]),
      ({"n_subsets": "40"}, ["n_subsets", "must be an integer, got '40' (str)"]),
      ({"first_order_dim": 1.5}, ["first_order_dim", "must be an integer, got 1.5"]),
-     ({"learning_rate": math.nan}, ["learning_rate", "must be a finite number, got nan (float)"]),
-     ({"learning_rate": math.inf}, ["learning_rate", "must be a finite number, got inf (float)"]),
+     ({"learning_rate": math.nan}, ["learning_rate", "must be a finite number or a string, got nan (float)"]),
+     ({"learning_rate": math.inf}, ["learning_rate", "must be a finite number or a string, got inf (float)"]),
      ({"stability_weight": math.nan}, ["stability_weight", "must be a finite number, got nan"]),
-     ({"learning_rate": True}, ["learning_rate", "must be a finite number, got True (bool)"]),
+     ({"learning_rate": True}, ["learning_rate", "must be a finite number or a string, got True (bool)"]),
      ({"first_order_weight": math.nan}, ["first_order_weight", "must be a finite number or a string, got nan"]),
      ({"layer": 1.5}, ["layer", "must be an integer, a string or null, got 1.5 (float)"]),
      ({"max_length": "64"}, ["max_length", "must be an integer or null, got '64' (str)"]),
@@ -53,7 +53,8 @@ def test_stride_settings_of_the_wrong_type_are_refused(values, fragments):
 @pytest.mark.parametrize(
     "values",
     [{"first_order_weight": "auto"}, {"first_order_weight": 0.3}, {"first_order_weight": 1}, {"layer": None},
-     {"layer": 1}, {"layer": "transformer.h.1"}, {"max_length": None}, {"max_length": 64}, {"learning_rate": 1}],
+     {"layer": 1}, {"layer": "transformer.h.1"}, {"max_length": None}, {"max_length": 64}, {"learning_rate": 1},
+     {"learning_rate": "auto"}],
 )  # fmt: skip
 def test_stride_settings_of_the_right_type_are_accepted(values):
     config = StrideConfig.from_dict(values)
@@ -64,11 +65,19 @@ def test_stride_settings_of_the_right_type_are_accepted(values):
 @pytest.mark.parametrize(
     "fields,fragment",
     [({"epochs": "3"}, "epochs (STRIDE setting) must be an integer, got '3' (str)"),
-     ({"learning_rate": math.nan}, "learning_rate (STRIDE setting) must be a finite number, got nan"),
+     ({"learning_rate": math.nan}, "learning_rate (STRIDE setting) must be a finite number or a string, got nan"),
+     ({"learning_rate": "fast"}, "learning_rate must be 'auto' or a positive number, got 'fast'"),
+     ({"learning_rate": 0.0}, "learning_rate must be 'auto' or a positive number, got 0.0"),
      ({"lasso_lambda": math.inf}, "lasso_lambda (STRIDE setting) must be a finite number, got inf")],
 )  # fmt: skip
 def test_validate_checks_types_of_settings_built_in_python(fields, fragment):
     _one_line_error(lambda: StrideConfig(**fields).validate(), fragment)
+
+
+@pytest.mark.parametrize("hidden_size,rate", [(16, 3e-3), (96, 3e-3), (192, 1.5e-3), (768, 3.75e-4)])
+def test_learning_rate_auto_falls_in_proportion_to_the_width_above_96(hidden_size, rate):
+    assert StrideConfig().resolved(hidden_size, 1024).learning_rate == pytest.approx(rate)
+    assert StrideConfig(learning_rate=0.01).resolved(hidden_size, 1024).learning_rate == 0.01
 
 
 def test_numpy_numbers_built_in_python_are_accepted_and_checked_like_python_numbers():
@@ -81,7 +90,8 @@ def test_numpy_numbers_built_in_python_are_accepted_and_checked_like_python_numb
     _one_line_error(lambda: StrideConfig(rank=np.float64(4.0)).validate(),
                     "rank (STRIDE setting) must be an integer, got", "(float64)")  # fmt: skip
     _one_line_error(lambda: StrideConfig(learning_rate=np.float32("nan")).validate(),
-                    "learning_rate (STRIDE setting) must be a finite number, got", "nan", "(float32)")  # fmt: skip
+                    "learning_rate (STRIDE setting) must be a finite number or a string, got", "nan",
+                    "(float32)")  # fmt: skip
 
 
 def test_baseline_settings_of_the_wrong_type_are_refused():

@@ -73,7 +73,7 @@ def test_second_order_training_is_refused_for_other_forms_and_with_the_linearity
     with pytest.raises(StrideError, match="needs form 'hashed_logit' and linearity_weight 0"):
         StrideConfig(form="logit", training_expansion="second_order").validate()
     with pytest.raises(StrideError, match="needs form 'hashed_logit' and linearity_weight 0"):  # auto took logit
-        StrideConfig(training_expansion="second_order").resolved(1024).validate()
+        StrideConfig(training_expansion="second_order").resolved(96, 1024).validate()
     with pytest.raises(StrideError, match="needs form 'hashed_logit' and linearity_weight 0"):
         StrideConfig(form=HASHED_LOGIT, training_expansion="second_order", linearity_weight=0.1).validate()
 
@@ -99,4 +99,4 @@ def test_form_auto_takes_hashed_logit_above_16384_outputs(gpt2_dir, corpus, tmp_
     )
     assert result.info["settings"]["measure_expansion"] == "second_order"
     # the benchmark models' vocabularies stay with the logit form
-    assert StrideConfig().resolved(1024).form == "logit"
+    assert StrideConfig().resolved(96, 1024).form == "logit"

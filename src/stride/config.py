@@ -20,6 +20,9 @@ AUTO_FORM = "auto"
 AUTO_PLACE = "auto"  # second_layer "auto": the model family's default second place (Task.second_place)
 AUTO_LOGIT_VOCABULARY = 16_384  # form "auto": the logit form up to this many outputs, hashed_logit above
 AUTO_BUCKETS = 1024  # form "auto": hashed_logit's buckets
+AUTO_RATE = 3e-3  # learning_rate "auto": the operators' Adam rate at hidden sizes up to AUTO_RATE_WIDTH ...
+AUTO_RATE_WIDTH = 96  # ... and AUTO_RATE x AUTO_RATE_WIDTH / hidden size above it
+AUTO_RATE_NAME = "auto"
 EXPANSIONS = ("exact", "second_order")
 OUTPUT_INITS = ("random", "head")
 LAMBDA_RULES = ("cv", "fixed")
@@ -61,7 +64,10 @@ class StrideConfig:
         first_order_dim: dimension of the count sketch of the first-order features.
         length_grouping: batches of the operator training are drawn from windows of
             `length_grouping` batches sorted by length (less padding; 0: purely random batches).
-        learning_rate: Adam learning rate for the basis and the operators.
+        learning_rate: Adam learning rate for the basis and the operators, or "auto": 0.003 up to a hidden size
+            (the width of the steered representation) of 96 and 0.003 x 96 / hidden size above it, so that one
+            Adam step moves the operators' outputs about as far at any width (`auto_learning_rate`;
+            docs/ablations.md §39).
         stability_weight: weight of KL(base || steered) on examples outside the operator's subset.
         stability_fraction: fraction of the pairs of a step that also get a stability term.
         linearity_weight: weight of the sketched-membership linearity penalty (0 turns it off).
@@ -118,7 +124,7 @@ class StrideConfig:
     epochs: int = 4
     batch_size: int = 16
     length_grouping: int = 32
-    learning_rate: float = 3e-3
+    learning_rate: float | str = "auto"
     stability_weight: float = 0.1
     stability_fraction: float = 0.25
     linearity_weight: float = 0.0
@@ -189,23 +195,33 @@ class StrideConfig:
             raise StrideError(f"length_grouping must be 0 or more, got {self.length_grouping}")
         if not 0.0 <= self.stability_fraction <= 1.0:
             raise StrideError(f"stability_fraction must be in [0, 1], got {self.stability_fraction}")
-        if self.learning_rate <= 0 or self.lasso_lambda <= 0:
-            raise StrideError("learning_rate and lasso_lambda must be positive")
+        rate = self.learning_rate
+        positive_rate = isinstance(rate, numbers.Real) and not isinstance(rate, bool) and rate > 0
+        if rate != AUTO_RATE_NAME and not positive_rate:
+            raise StrideError(f"learning_rate must be 'auto' or a positive number, got {rate!r}")
+        if self.lasso_lambda <= 0:
+            raise StrideError(f"lasso_lambda must be positive, got {self.lasso_lambda}")
         if n_train is not None and n_train * self.subsets_per_example < self.n_subsets:
             raise StrideError(
                 f"n_subsets (K={self.n_subsets}) is larger than n_train x d = "
                 f"{n_train * self.subsets_per_example}: some subsets would be empty; lower K or raise d"
             )
 
-    def resolved(self, output_size: int) -> StrideConfig:
-        """These settings with form "auto" made concrete for a model of `output_size` outputs (its
-        vocabulary): "logit" up to AUTO_LOGIT_VOCABULARY, else "hashed_logit" with AUTO_BUCKETS
-        buckets and second-order training and measurement. Other forms are kept as they are."""
-        if self.form != AUTO_FORM:
-            return self
+    def resolved(self, hidden_size: int, output_size: int) -> StrideConfig:
+        """These settings with their "auto" values made concrete for a model whose steered representation
+        has `hidden_size` features and which has `output_size` outputs (its vocabulary).
+
+        Form "auto": "logit" up to AUTO_LOGIT_VOCABULARY outputs, else "hashed_logit" with AUTO_BUCKETS
+        buckets and second-order training and measurement. learning_rate "auto": `auto_learning_rate`.
+        Values that are not "auto" are kept as they are."""
+        config = self
+        if config.learning_rate == AUTO_RATE_NAME:
+            config = dataclasses.replace(config, learning_rate=auto_learning_rate(hidden_size))
+        if config.form != AUTO_FORM:
+            return config
         if output_size <= AUTO_LOGIT_VOCABULARY:
-            return dataclasses.replace(self, form="logit")
-        return dataclasses.replace(self, form="hashed_logit", output_rank=AUTO_BUCKETS,
+            return dataclasses.replace(config, form="logit")
+        return dataclasses.replace(config, form="hashed_logit", output_rank=AUTO_BUCKETS,
                                    measure_expansion="second_order", training_expansion="second_order")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
@@ -222,6 +238,16 @@ class StrideConfig:
         if "stride" in values and isinstance(values["stride"], dict):
             values = values["stride"]
         return cls.from_dict(values)
+
+
+def auto_learning_rate(hidden_size: int) -> float:
+    """learning_rate "auto" for a steered representation of `hidden_size` features: AUTO_RATE up to
+    AUTO_RATE_WIDTH features, AUTO_RATE x AUTO_RATE_WIDTH / hidden_size above (the operators' outputs are
+    sums over the features, so Adam's equal-sized steps on each weight move them about in proportion to
+    the width; the benchmark matrix's best rate fell with the width, docs/ablations.md §39)."""
+    if hidden_size < 1:
+        raise StrideError(f"the steered representation must have at least one feature, got {hidden_size}")
+    return AUTO_RATE * min(1.0, AUTO_RATE_WIDTH / hidden_size)
 
 
 def settings_from_dict(cls: type, values: dict[str, Any], what: str) -> Any:

@@ -146,10 +146,10 @@ class StrideAttributor(Attributor):
         precision = {} if dtype == torch.float32 else {"model_dtype": str(dtype).removeprefix("torch.")}
         return {"model": self.model_digest, "train": self.train_digest_, **precision, **more}
 
-    def _resolve_form(self, train: Examples) -> None:
-        """Make form "auto" concrete for this model's output size (see StrideConfig.resolved)."""
-        _, output_size = self.steered_.sizes(train.batch([0]))
-        resolved = self.config.resolved(output_size)
+    def _resolve_settings(self, train: Examples) -> None:
+        """Make form and learning_rate "auto" concrete for this model's sizes (see StrideConfig.resolved)."""
+        hidden_size, output_size = self.steered_.sizes(train.batch([0]))
+        resolved = self.config.resolved(hidden_size, output_size)
         if resolved.form != self.config.form and resolved.form != LOGIT:
             warnings.warn(f"form auto: the model has {output_size} outputs, more than {AUTO_LOGIT_VOCABULARY}, so "
                           f"the operators take the hashed_logit form ({resolved.output_rank} buckets, second-order "
@@ -159,7 +159,7 @@ class StrideAttributor(Attributor):
 
     def prepare(self, train: Examples) -> None:
         """Draw each design's membership and train (or load) its operators on `train`."""
-        self._resolve_form(train)
+        self._resolve_settings(train)
         self.train_digest_ = train.digest
         self.designs_ = [self._prepare_design(train, design) for design in range(self.config.designs)]
         if self._first_order_weight(len(train)) != 0.0:
@@ -185,7 +185,7 @@ class StrideAttributor(Attributor):
 
     def _phase_parts(self, train: Examples, queries: Examples) -> tuple[int, int, int]:
         """Independent parts of a sharded run's training, measuring and recovery phases."""
-        self._resolve_form(train)
+        self._resolve_settings(train)
         designs, n_queries = self.config.designs, len(queries)
         return (self.training_parts(len(train)), designs * len(self._measure_blocks(n_queries)),
                 designs * len(query_blocks(n_queries)))  # fmt: skip
@@ -219,7 +219,7 @@ class StrideAttributor(Attributor):
         return [partial(_in_turn, first, then) for first, then in zip(phases, second, strict=True)]
 
     def _train_shard(self, train: Examples, queries: Examples, shard: Shard) -> None:
-        self._resolve_form(train)
+        self._resolve_settings(train)
         self.train_digest_ = train.digest
         for design in range(self.config.designs):
             if shard.owns(design):

@@ -73,6 +73,8 @@ class OperatorTrainer:
             raise StrideError("training_expansion 'second_order' expands the causal-LM cross-entropy of "
                               f"hashed_logit operators; this run has {bank.form} operators on "
                               f"{type(steered.task).__name__}")  # fmt: skip
+        if isinstance(config.learning_rate, str):  # "auto" is made a number by StrideConfig.resolved
+            raise StrideError(f"learning_rate {config.learning_rate!r} was not resolved for this model's width")
         # fused: one kernel for the whole update of the K operators (2.6x faster than the default on CPU)
         self.optimizer = torch.optim.Adam(bank.parameters(), lr=config.learning_rate, fused=True)
         self.projector = None
