@@ -177,11 +177,16 @@ def train_cached(train: Path, folder: Path, recipe: LMRecipe, base: Path | None 
     return folder
 
 
+def seed_suffix(args: argparse.Namespace) -> str:
+    """`_seedS` for a --seed S other than 0 (its run folders and matrix file), else nothing."""
+    return f"_seed{args.seed}" if args.seed else ""
+
+
 def run_name(method: str, args: argparse.Namespace) -> str:
     """A method's run folder: tagged when --method-settings sets it, else the default-settings one (reused);
-    with a --seed other than 0, suffixed `_seedS`."""
+    then `seed_suffix`."""
     name = f"{method}{args.tag}" if method in args.method_settings else method
-    return f"{name}_seed{args.seed}" if args.seed else name
+    return name + seed_suffix(args)
 
 
 def run_method(method: str, model: Path, data: dict[str, Path], root: Path, truth: Path,
@@ -403,7 +408,7 @@ def main() -> int:
     configuration = {**vars(args), "sizes": dataclasses.asdict(sizes), "cells": cell_names, "methods": methods}
     print("configuration:", json.dumps(configuration, default=str), flush=True)
     started = time.perf_counter()
-    results_path = Path(args.out) / f"matrix{args.tag}{f'_seed{args.seed}' if args.seed else ''}.json"
+    results_path = Path(args.out) / f"matrix{args.tag}{seed_suffix(args)}.json"
     done: dict[str, dict[str, Any]] = {}
     table = done
     for name in cell_names:
