@@ -113,6 +113,15 @@ def test_same_seed_same_scores_other_seed_other_batches(micro, tmp_path):
     assert not torch.equal(first, _astra(micro, tmp_path / "c", seed=1, **settings))
 
 
+def test_query_memory_sets_the_passes_not_the_scores(micro, tmp_path):
+    settings = dict(iterations=3, curvature_batch_size=16)
+    together = _astra(micro, tmp_path / "together", **settings)  # 1 GiB: all five queries in one pass
+    one_by_one = _astra(micro, tmp_path / "one", query_memory_gib=1e-9, **settings)  # one query per pass
+    torch.testing.assert_close(one_by_one, together)
+    # the budget is not recorded: the finished run is reused under another one
+    assert torch.equal(_astra(micro, tmp_path / "one", query_memory_gib=2.0, **settings), one_by_one)
+
+
 def test_curvature_batches_cover_the_data_once_per_pass():
     batches = list(curvature_batches(10, 4, 5, torch.Generator().manual_seed(0)))
     assert [len(b) for b in batches] == [4, 4, 4, 4, 4]
@@ -126,6 +135,7 @@ def test_curvature_batches_cover_the_data_once_per_pass():
     ({"curvature_batch_size": True}, "curvature_batch_size must be a positive integer"),
     ({"step_size": -1.0}, "step_size must be a positive number"),
     ({"damping": 0}, "damping must be a positive number"),
+    ({"query_memory_gib": -2}, "query_memory_gib must be a positive number"),
     ({"modules": "heads"}, "modules must be one of"),
 ])  # fmt: skip
 def test_bad_settings_are_refused(settings, words):

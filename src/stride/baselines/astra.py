@@ -26,7 +26,7 @@ matrix kronfluence's EK-FAC approximates, and one gradient serves every query), 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import torch
@@ -34,14 +34,14 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from stride.attributor import MethodContext
-from stride.baselines.common import check_choice, check_positive, parse_settings, require_library
+from stride.baselines.common import BaselineArguments, check_choice, check_positive, parse_settings, require_library
 from stride.baselines.ekfac import FACTORS, KRONFLUENCE_INSTALL, MODULE_SETS, EkfacAttributor, linear_copy
 from stride.core.batching import index_batches
 from stride.errors import StrideError
 from stride.store import QUERY_INPUT
 from stride.tasks import Examples, Task
 
-QUERY_BYTES = 1 << 30  # solution vectors held at once (four copies per query); more queries take more passes
+QUERY_GIB = 1.0  # memory for the solution vectors held at once when query_memory_gib is None
 POWER_STEPS = 20  # power iterations that size the automatic step
 Vectors = dict[str, torch.Tensor]  # one [rows, out, in (+1 for the bias)] tensor per tracked layer
 
@@ -73,6 +73,10 @@ class AstraSettings:
         modules: the tracked linear layers, as for `ekfac` ("auto", "all" or "blocks").
         batch_size: examples per batch of per-example gradients and of kronfluence's factor fit
             (memory: batch_size x tracked parameters floats).
+        query_memory_gib: memory for the queries' solution vectors (four copies of the tracked
+            parameters per query). As many queries as fit in it are solved together, and each such
+            pass runs all the iterations again (their per-example gradients included): more memory,
+            fewer passes. The scores do not depend on it, so the stages do not record it. None: 1 GiB.
     """
 
     iterations: int = 20
@@ -82,6 +86,7 @@ class AstraSettings:
     use_empirical_fisher: bool = False
     modules: str = "auto"
     batch_size: int = 16
+    query_memory_gib: float | None = None
 
     @property
     def strategy(self) -> str:
@@ -93,11 +98,10 @@ class AstraSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise StrideError(f"{name} must be a positive integer, got {value!r}")
-        if self.step_size is not None:
-            check_positive(self, "step_size")
         check_choice(self, "modules", MODULE_SETS)
-        if self.damping is not None:
-            check_positive(self, "damping")
+        for name in ("step_size", "damping", "query_memory_gib"):
+            if getattr(self, name) is not None:
+                check_positive(self, name)
 
 
 @dataclass
@@ -265,6 +269,10 @@ class AstraAttributor(EkfacAttributor):
         super().__init__(context, cast(Any, settings))  # ekfac's factor stage reads the fields both share
         self.solver_: dict[str, float] = {}
 
+    def _arguments(self) -> BaselineArguments:
+        """The stages' arguments, without the memory budget (it changes no stored output)."""
+        return replace(super()._arguments(), settings=replace(self.config, query_memory_gib=None))
+
     def score(self, queries: Examples) -> torch.Tensor:
         """The scores stage, whose info records the damping and step size the solve used."""
         stage = self._new_stage("scores", **{QUERY_INPUT: queries.digest})
@@ -281,7 +289,8 @@ class AstraAttributor(EkfacAttributor):
         model.eval()
         gradients = LayerGradients(model, list(inverse.eigenvalues), self.context.task)
         per_query = 16 * sum(o * i for o, i in gradients.shapes().values())
-        chunk = max(1, QUERY_BYTES // per_query)
+        budget = QUERY_GIB if config.query_memory_gib is None else config.query_memory_gib
+        chunk = max(1, int(budget * 2**30) // per_query)
         scores = torch.zeros(len(queries), len(train), dtype=torch.float64)
         for first in range(0, len(queries), chunk):
             rows = list(range(first, min(first + chunk, len(queries))))
