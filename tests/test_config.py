@@ -68,7 +68,9 @@ def test_stride_settings_of_the_right_type_are_accepted(values):
      ({"learning_rate": math.nan}, "learning_rate (STRIDE setting) must be a finite number or a string, got nan"),
      ({"learning_rate": "fast"}, "learning_rate must be 'auto' or a positive number, got 'fast'"),
      ({"learning_rate": 0.0}, "learning_rate must be 'auto' or a positive number, got 0.0"),
-     ({"lasso_lambda": math.inf}, "lasso_lambda (STRIDE setting) must be a finite number, got inf")],
+     ({"lasso_lambda": math.inf}, "lasso_lambda (STRIDE setting) must be a finite number, got inf"),
+     ({"basis_hidden": 0}, "basis_hidden must be at least 1 (or null: a linear basis), got 0"),
+     ({"basis_hidden": 2.5}, "basis_hidden (STRIDE setting) must be an integer or null, got 2.5 (float)")],
 )  # fmt: skip
 def test_validate_checks_types_of_settings_built_in_python(fields, fragment):
     _one_line_error(lambda: StrideConfig(**fields).validate(), fragment)

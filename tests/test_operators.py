@@ -38,6 +38,7 @@ from stride.method.operators import (
 from stride.method.steering import SteeredModel
 from stride.method.train import OperatorTrainer
 from stride.models import decoder_blocks, load_causal_lm
+from stride.reproducibility import deterministic_algorithms
 from stride.tasks import CausalLMTask
 
 QWEN2_VOCAB, QWEN2_HIDDEN = 151_936, 896
@@ -134,6 +135,49 @@ def test_training_lowers_the_fidelity_loss_and_is_deterministic(lm, settings):
     assert fidelity == logs[1].epoch_fidelity
     for name, value in banks[0].state_dict().items():
         assert torch.equal(value, banks[1].state_dict()[name]), name
+
+
+def test_mlp_basis_starts_as_the_linear_basis_and_learns_codes_of_its_own(lm):
+    model, data, steered = lm
+    config = StrideConfig(form="logit", n_subsets=8, subsets_per_example=2, rank=4, epochs=3, batch_size=16,
+                          learning_rate=3e-2, basis_hidden=12)  # fmt: skip
+    table = example_subsets(len(data), config.n_subsets, config.subsets_per_example, 0)
+    hidden = steered.base(data.batch([0, 1])).hidden
+    banks, logs = [], []
+    for _ in range(2):
+        bank = OperatorBank("logit", 8, model.config.hidden_size, 4, model.config.vocab_size, 0,
+                            basis_hidden=config.basis_hidden)  # fmt: skip
+        linear = OperatorBank("logit", 8, model.config.hidden_size, 4, model.config.vocab_size, 0)
+        assert torch.equal(bank.basis, linear.basis)  # the MLP is drawn on a generator of its own
+        torch.testing.assert_close(bank.codes(hidden), linear.codes(hidden))  # V starts at zero
+        torch.manual_seed(0)
+        with deterministic_algorithms():  # as the pipeline trains
+            logs.append(OperatorTrainer(steered, bank, data, table, config, 0).train(progress=False))
+        banks.append(bank)
+    fidelity = logs[0].epoch_fidelity
+    assert all(later < earlier for earlier, later in itertools.pairwise(fidelity)), fidelity
+    trained = banks[0]
+    assert trained.basis_mlp[2].weight.abs().sum() > 0  # the MLP's output moved off zero
+    nonlinear = trained.basis_mlp(hidden.float())
+    assert nonlinear.abs().max() > 1e-3 * (hidden.float() @ trained.basis.T).abs().max()
+    assert fidelity == logs[1].epoch_fidelity
+    for name, value in banks[0].state_dict().items():
+        assert torch.equal(value, banks[1].state_dict()[name]), name
+
+
+def test_mlp_basis_is_recorded_with_the_operators(gpt2_dir, corpus, tmp_path):
+    common = dict(n_subsets=12, subsets_per_example=2, rank=4, epochs=1, designs=1, first_order_weight=0.0)
+    run = tmp_path / "run"
+    linear = attribute(gpt2_dir, corpus["train"], corpus["queries"], run, config=StrideConfig(**common), seed=0,
+                       progress=False)  # fmt: skip
+    with_mlp = StrideConfig(**common, basis_hidden=8)
+    with pytest.raises(StrideError, match=r"'operators' stage used other settings or inputs \(arguments.basis_hidden"):
+        attribute(gpt2_dir, corpus["train"], corpus["queries"], run, config=with_mlp, seed=0, progress=False)
+    mlp = attribute(gpt2_dir, corpus["train"], corpus["queries"], run, config=with_mlp, seed=0, overwrite=True,
+                    progress=False)  # fmt: skip
+    assert not torch.allclose(linear.scores, mlp.scores)
+    recorded = json.loads(next(run.glob("stages/operators*.json")).read_text())
+    assert recorded["arguments"]["basis_hidden"] == 8
 
 
 def test_first_order_features_of_the_shared_logit_family_are_vocabulary_free(lm):

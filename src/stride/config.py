@@ -46,6 +46,9 @@ class StrideConfig:
             classifiers: "NAME" (output of module NAME) or "NAME:input" (None: the input of the
             last nn.Linear, the penultimate representation).
         rank: rank r of the shared basis B.
+        basis_hidden: None for a linear basis (B h); a number m of hidden units makes the basis
+            B h + V gelu(W h + b), a linear part plus a one-layer MLP of m units shared by all operators
+            (V starts at zero, so training starts from the linear basis).
         output_rank: rank r' of the shared output basis U (shared_logit form) or number m of buckets
             (hashed_logit form).
         output_init: how U starts: "random" (Gaussian) or "head" (causal LMs: the output head's top r'
@@ -114,6 +117,7 @@ class StrideConfig:
     form: str = AUTO_FORM
     layer: int | str | None = None
     rank: int = 16
+    basis_hidden: int | None = None
     output_rank: int = 32
     output_init: str = "random"
     n_subsets: int = 1000
@@ -191,6 +195,8 @@ class StrideConfig:
             raise StrideError(f"partner_weight must be in [0, 1], got {self.partner_weight}")
         if not 0.0 <= self.second_weight <= 1.0:
             raise StrideError(f"second_weight must be in [0, 1], got {self.second_weight}")
+        if self.basis_hidden is not None and self.basis_hidden < 1:
+            raise StrideError(f"basis_hidden must be at least 1 (or null: a linear basis), got {self.basis_hidden}")
         if self.length_grouping < 0:
             raise StrideError(f"length_grouping must be 0 or more, got {self.length_grouping}")
         if not 0.0 <= self.stability_fraction <= 1.0:

@@ -133,7 +133,7 @@ class StrideAttributor(Attributor):
         if config.form == SHARED_LOGIT and config.output_init == "head":
             initial = head_output_basis(self.steered_.output_head(), config.output_rank)
         bank = OperatorBank(config.form, config.n_subsets, hidden_size, config.rank, output_size, seed,
-                            config.output_rank, initial)  # fmt: skip
+                            config.output_rank, initial, config.basis_hidden)  # fmt: skip
         return bank.to(model_device(self.model))  # drawn on the CPU (same on every device), trained on the model's
 
     def design_seed(self, design: int) -> int:

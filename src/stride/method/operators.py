@@ -29,6 +29,7 @@ LOGIT = "logit"
 SHARED_LOGIT = "shared_logit"
 HASHED_LOGIT = "hashed_logit"
 ADAM_COPIES = 3  # a trained parameter, Adam's two moment estimates
+MLP_SEED_OFFSET = 104_729  # the basis MLP's draw: seed + this
 
 
 def operator_width(form: str, hidden_size: int, vocab_size: int, output_rank: int = 0) -> int:
@@ -67,7 +68,10 @@ def head_output_basis(head: torch.Tensor, output_rank: int) -> torch.Tensor:
 
 
 class OperatorBank(nn.Module):
-    """K steering operators sharing one linear basis; all start at zero (the base model).
+    """K steering operators sharing one basis; all start at zero (the base model).
+
+    The basis is linear, B h, or with `basis_hidden` m: B h + V gelu(W h + b), a one-layer MLP of m
+    units beside the linear part, whose V starts at zero (so the codes start as the linear basis's).
 
     The shared_logit form's output basis U starts as a random Gaussian matrix with columns of
     expected squared norm vocab / r' (entries of variance 1 / r'), so the first gradients reach
@@ -75,12 +79,25 @@ class OperatorBank(nn.Module):
     `output_basis` replaces that draw (e.g. `head_output_basis`)."""
 
     def __init__(self, form: str, n_subsets: int, hidden_size: int, rank: int, vocab_size: int, seed: int,
-                 output_rank: int = 0, output_basis: torch.Tensor | None = None):  # fmt: skip
+                 output_rank: int = 0, output_basis: torch.Tensor | None = None,
+                 basis_hidden: int | None = None):  # fmt: skip
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         self.form = form
         out_size = operator_width(form, hidden_size, vocab_size, output_rank)
         self.basis = nn.Parameter(torch.randn(rank, hidden_size, generator=generator) / math.sqrt(hidden_size))
+        self.basis_mlp: nn.Sequential | None = None
+        if basis_hidden is not None:
+            # drawn from its own generator, so the other numbers match those of a linear-basis bank
+            mlp_generator = torch.Generator().manual_seed(seed + MLP_SEED_OFFSET)
+            inner = nn.Linear(hidden_size, basis_hidden)
+            outer = nn.Linear(basis_hidden, rank, bias=False)
+            with torch.no_grad():
+                inner.weight.copy_(torch.randn(basis_hidden, hidden_size, generator=mlp_generator))
+                inner.weight.div_(math.sqrt(hidden_size))
+                inner.bias.zero_()
+                outer.weight.zero_()
+            self.basis_mlp = nn.Sequential(inner, nn.GELU(), outer)
         self.coefficients = nn.Parameter(torch.zeros(n_subsets, out_size, rank))
         self.output_basis: nn.Parameter | None = None
         if form == SHARED_LOGIT:
@@ -116,7 +133,9 @@ class OperatorBank(nn.Module):
 
     def codes(self, hidden: torch.Tensor) -> torch.Tensor:
         """B h: the representation in the shared basis [..., r]."""
-        return hidden.to(self.basis.dtype) @ self.basis.T  # a bfloat16 model hands over bfloat16 activations
+        hidden = hidden.to(self.basis.dtype)  # a bfloat16 model hands over bfloat16 activations
+        codes = hidden @ self.basis.T
+        return codes if self.basis_mlp is None else codes + self.basis_mlp(hidden)
 
     def operator_parameters(self) -> int:
         """Trainable numbers per operator (excluding the shared bases)."""

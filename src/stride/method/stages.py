@@ -58,6 +58,7 @@ class OperatorArguments:
     task: dict[str, Any]
     form: str
     rank: int
+    basis_hidden: int | None  # None: a linear basis (a run folder from before this setting still matches)
     output_rank: int | None  # None for the forms without an output basis (a run folder from before
     output_init: str | None  # these settings existed then still matches: a missing key reads as None)
     epochs: int
