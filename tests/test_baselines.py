@@ -8,6 +8,7 @@ import torch
 from stride.api import attribute
 from stride.baselines.ekfac import linear_copy
 from stride.baselines.gradients import per_example_gradients
+from stride.baselines.gradsim import GradSimSettings
 from stride.core.sketch import GradientProjector, parameter_sizes
 from stride.baselines.logra import (
     KroneckerProjector,
@@ -281,3 +282,20 @@ def test_exact_gradient_similarity_matches_a_slow_autograd_reference(method, gpt
     assert torch.allclose(result.scores, expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max()))
     sketched = _run(gpt2_dir, corpus, tmp_path / "sketch", method, exact_max_parameters=0).scores
     assert not torch.allclose(sketched, expected, rtol=1e-3)  # the sketch is an approximation
+
+
+def test_query_memory_of_exact_graddot_sets_the_passes_not_the_scores(gpt2_dir, corpus, tmp_path):
+    together = _run(gpt2_dir, corpus, tmp_path / "together", "graddot", exact_max_parameters=10**9).scores
+    one_by_one = _run(gpt2_dir, corpus, tmp_path / "one", "graddot", exact_max_parameters=10**9,
+                      query_memory_gib=1e-9).scores  # one query per pass over the training set  # fmt: skip
+    # float32 products of other block shapes: equal up to rounding
+    torch.testing.assert_close(one_by_one, together, rtol=1e-4, atol=1e-5 * float(together.abs().max()))
+    # the budget is not recorded: the finished run is reused under another one
+    again = _run(gpt2_dir, corpus, tmp_path / "one", "graddot", exact_max_parameters=10**9, query_memory_gib=2.0)
+    assert torch.equal(again.scores, one_by_one)
+
+
+@pytest.mark.parametrize("value", [0, -1.5, "1"])
+def test_graddot_refuses_a_bad_query_memory(value):
+    with pytest.raises(StrideError, match="query_memory_gib must be a positive number"):
+        GradSimSettings(query_memory_gib=value).validate()

@@ -26,7 +26,7 @@ matrix kronfluence's EK-FAC approximates, and one gradient serves every query), 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -34,7 +34,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from stride.attributor import MethodContext
-from stride.baselines.common import BaselineArguments, check_choice, check_positive, parse_settings, require_library
+from stride.baselines.common import check_choice, check_positive, parse_settings, require_library
 from stride.baselines.ekfac import FACTORS, KRONFLUENCE_INSTALL, MODULE_SETS, EkfacAttributor, linear_copy
 from stride.core.batching import index_batches
 from stride.errors import StrideError
@@ -264,14 +264,11 @@ class AstraAttributor(EkfacAttributor):
     training gradients in the scores stage."""
 
     name = "astra"
+    unrecorded_settings = ("query_memory_gib",)
 
     def __init__(self, context: MethodContext, settings: AstraSettings):
         super().__init__(context, cast(Any, settings))  # ekfac's factor stage reads the fields both share
         self.solver_: dict[str, float] = {}
-
-    def _arguments(self) -> BaselineArguments:
-        """The stages' arguments, without the memory budget (it changes no stored output)."""
-        return replace(super()._arguments(), settings=replace(self.config, query_memory_gib=None))
 
     def score(self, queries: Examples) -> torch.Tensor:
         """The scores stage, whose info records the damping and step size the solve used."""

@@ -115,7 +115,11 @@ class BaselineAttributor(Attributor):
     """An Attributor with parsed settings and a seed, whose query scores are a stored stage.
 
     Subclasses stage their training-side work in `_prepare` (with `_new_stage`) and say how
-    the scores of a query set are computed in `_scores`."""
+    the scores of a query set are computed in `_scores`. Settings named in `unrecorded_settings`
+    change no stored output (e.g. a memory budget): the stages record them as None, so a stored run
+    is reused under any value."""
+
+    unrecorded_settings: tuple[str, ...] = ()
 
     def __init__(self, context: MethodContext, settings: Any):
         super().__init__(context.store)
@@ -128,7 +132,8 @@ class BaselineAttributor(Attributor):
         return {**dataclasses.asdict(self.config), "seed": self.seed}
 
     def _arguments(self) -> BaselineArguments:
-        return BaselineArguments(self.name, self.seed, self.config, self.context.task.settings())
+        recorded = dataclasses.replace(self.config, **dict.fromkeys(self.unrecorded_settings))
+        return BaselineArguments(self.name, self.seed, recorded, self.context.task.settings())
 
     def _new_stage(self, name: str, **more_inputs: str) -> Stage:
         """A stage of this baseline that reads the model, the prepared training set and `more_inputs`."""

@@ -3,7 +3,7 @@
 score[q, i] = sum over checkpoints c of w_c * <R g_c(query q), R g_c(train i)>, where g_c is the
 gradient of the per-example loss w.r.t. all parameters of checkpoint c. Models of at most
 `exact_max_parameters` parameters use the exact gradients (R = identity): the queries' gradients
-are kept (in chunks of at most EXACT_QUERY_BYTES) and each batch of training gradients is
+are kept (`query_memory_gib` of them at a time) and each batch of training gradients is
 multiplied against them as it is computed, so nothing n_train x n_params is held and no sketch
 noise enters. Larger models use R, a seeded count sketch to `proj_dim` numbers
 (`core.sketch.GradientProjector`), whose training side is a stored stage. A gradient step on
@@ -37,7 +37,7 @@ from stride.errors import StrideError
 from stride.store import Tensors
 from stride.tasks import Examples, Task
 
-EXACT_QUERY_BYTES = 1 << 30  # exact query gradients held at once; more queries take more passes over training
+QUERY_GIB = 1.0  # exact query gradients held at once when query_memory_gib is None
 
 
 @dataclass
@@ -57,6 +57,10 @@ class GradSimSettings:
         checkpoints: further model folders (same tokenizer) whose scores are added (TracIn).
         include_model: also use the attributed model itself.
         checkpoint_weights: one weight per model used (e.g. learning rates); default all 1.
+        query_memory_gib: with exact gradients, memory for the query gradients held at once (one
+            copy of the parameters per query); each such block of queries takes one pass of
+            gradients over the training set: more memory, fewer passes. The scores do not depend
+            on it (beyond float rounding), so the stages do not record it. None: 1 GiB.
     """
 
     exact_max_parameters: int = 5_000_000
@@ -66,9 +70,12 @@ class GradSimSettings:
     checkpoints: list[str] = field(default_factory=list)
     include_model: bool = True
     checkpoint_weights: list[float] | None = None
+    query_memory_gib: float | None = None
 
     def validate(self) -> None:
         check_positive(self, "proj_dim", "batch_size")
+        if self.query_memory_gib is not None:
+            check_positive(self, "query_memory_gib")
         if self.exact_max_parameters < 0:
             raise StrideError(f"exact_max_parameters must be at least 0, got {self.exact_max_parameters}")
         check_choice(self, "projection", PROJECTIONS)
@@ -78,6 +85,8 @@ class GradSimSettings:
 class GradSimAttributor(InnerProductAttributor):
     """Per-example gradient dot products (`normalize=False`) or cosines (`normalize=True`), one part
     per checkpoint: exact for models up to `exact_max_parameters`, projected above."""
+
+    unrecorded_settings = ("query_memory_gib",)
 
     def __init__(self, context: MethodContext, settings: GradSimSettings, normalize: bool):
         super().__init__(context, settings)
@@ -112,10 +121,11 @@ class GradSimAttributor(InnerProductAttributor):
         if self.train_data_ is None:
             raise RuntimeError("call prepare() before score()")
         train, batch_size = self.train_data_, self.config.batch_size
+        budget = QUERY_GIB if self.config.query_memory_gib is None else self.config.query_memory_gib
         scores = torch.zeros(len(queries), len(train), dtype=torch.float64)
         for part in self.parts_:
             model, task = part.source.model, self.context.task
-            chunk = max(1, EXACT_QUERY_BYTES // (4 * sum(parameter_sizes(model).values())))
+            chunk = max(1, int(budget * 2**30) // (4 * sum(parameter_sizes(model).values())))
             for first in range(0, len(queries), chunk):
                 rows = list(range(first, min(first + chunk, len(queries))))
                 held = self._flat_gradients(model, queries.batch(rows), task, query=True)
