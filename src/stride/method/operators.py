@@ -20,6 +20,7 @@ from typing import cast
 
 import torch
 from torch import nn
+from torch.nn.utils import skip_init
 
 from stride.config import FORMS
 from stride.errors import StrideError
@@ -90,8 +91,9 @@ class OperatorBank(nn.Module):
         if basis_hidden is not None:
             # drawn from its own generator, so the other numbers match those of a linear-basis bank
             mlp_generator = torch.Generator().manual_seed(seed + MLP_SEED_OFFSET)
-            inner = nn.Linear(hidden_size, basis_hidden)
-            outer = nn.Linear(basis_hidden, rank, bias=False)
+            # skip_init: no default initialisation, which would also draw from torch's global generator
+            inner = skip_init(nn.Linear, hidden_size, basis_hidden)
+            outer = skip_init(nn.Linear, basis_hidden, rank, bias=False)
             with torch.no_grad():
                 inner.weight.copy_(torch.randn(basis_hidden, hidden_size, generator=mlp_generator))
                 inner.weight.div_(math.sqrt(hidden_size))
@@ -132,7 +134,7 @@ class OperatorBank(nn.Module):
         return steered
 
     def codes(self, hidden: torch.Tensor) -> torch.Tensor:
-        """B h: the representation in the shared basis [..., r]."""
+        """B h (plus V gelu(W h + b) with an MLP basis): the representation in the shared basis [..., r]."""
         hidden = hidden.to(self.basis.dtype)  # a bfloat16 model hands over bfloat16 activations
         codes = hidden @ self.basis.T
         return codes if self.basis_mlp is None else codes + self.basis_mlp(hidden)
