@@ -34,14 +34,13 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from stride.attributor import MethodContext
-from stride.baselines.common import check_choice, check_positive, parse_settings, require_library
+from stride.baselines.common import check_choice, check_positive, parse_settings, queries_per_pass, require_library
 from stride.baselines.ekfac import FACTORS, KRONFLUENCE_INSTALL, MODULE_SETS, EkfacAttributor, linear_copy
 from stride.core.batching import index_batches
 from stride.errors import StrideError
 from stride.store import QUERY_INPUT
 from stride.tasks import Examples, Task
 
-QUERY_GIB = 1.0  # memory for the solution vectors held at once when query_memory_gib is None
 POWER_STEPS = 20  # power iterations that size the automatic step
 Vectors = dict[str, torch.Tensor]  # one [rows, out, in (+1 for the bias)] tensor per tracked layer
 
@@ -286,8 +285,7 @@ class AstraAttributor(EkfacAttributor):
         model.eval()
         gradients = LayerGradients(model, list(inverse.eigenvalues), self.context.task)
         per_query = 16 * sum(o * i for o, i in gradients.shapes().values())
-        budget = QUERY_GIB if config.query_memory_gib is None else config.query_memory_gib
-        chunk = max(1, int(budget * 2**30) // per_query)
+        chunk = queries_per_pass(config.query_memory_gib, per_query)
         scores = torch.zeros(len(queries), len(train), dtype=torch.float64)
         for first in range(0, len(queries), chunk):
             rows = list(range(first, min(first + chunk, len(queries))))

@@ -47,6 +47,15 @@ def check_positive(settings: Any, *names: str) -> None:
             raise StrideError(f"{name} must be a positive number, got {value!r}")
 
 
+QUERY_GIB = 1.0  # memory for the per-query vectors held at once when a `query_memory_gib` setting is None
+
+
+def queries_per_pass(query_memory_gib: float | None, bytes_per_query: int) -> int:
+    """How many queries of `bytes_per_query` fit in `query_memory_gib` (None: QUERY_GIB); at least one."""
+    budget = QUERY_GIB if query_memory_gib is None else query_memory_gib
+    return max(1, int(budget * 2**30) // bytes_per_query)
+
+
 def check_choice(settings: Any, name: str, allowed: Sequence[str]) -> None:
     value = getattr(settings, name)
     if value not in allowed:

@@ -28,6 +28,7 @@ from stride.baselines.common import (
     check_positive,
     load_checkpoints,
     parse_settings,
+    queries_per_pass,
 )
 from stride.baselines.gradients import per_example_gradients, projected_gradients
 from stride.baselines.inner_product import FEATURES, InnerProductAttributor, Part
@@ -36,8 +37,6 @@ from stride.core.sketch import PROJECTIONS, GradientProjector, parameter_sizes
 from stride.errors import StrideError
 from stride.store import Tensors
 from stride.tasks import Examples, Task
-
-QUERY_GIB = 1.0  # exact query gradients held at once when query_memory_gib is None
 
 
 @dataclass
@@ -121,11 +120,10 @@ class GradSimAttributor(InnerProductAttributor):
         if self.train_data_ is None:
             raise RuntimeError("call prepare() before score()")
         train, batch_size = self.train_data_, self.config.batch_size
-        budget = QUERY_GIB if self.config.query_memory_gib is None else self.config.query_memory_gib
         scores = torch.zeros(len(queries), len(train), dtype=torch.float64)
         for part in self.parts_:
             model, task = part.source.model, self.context.task
-            chunk = max(1, int(budget * 2**30) // (4 * sum(parameter_sizes(model).values())))
+            chunk = queries_per_pass(self.config.query_memory_gib, 4 * sum(parameter_sizes(model).values()))
             for first in range(0, len(queries), chunk):
                 rows = list(range(first, min(first + chunk, len(queries))))
                 held = self._flat_gradients(model, queries.batch(rows), task, query=True)
