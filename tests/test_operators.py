@@ -92,6 +92,13 @@ def test_bank_memory_does_not_grow_with_the_vocabulary():
     assert operator_width("residual", QWEN2_HIDDEN, QWEN2_VOCAB) == QWEN2_HIDDEN
 
 
+def test_bank_parameters_counts_the_basis_mlp():
+    with_mlp = OperatorBank("residual", 10, 48, 4, 256, 0, basis_hidden=24)
+    counted = bank_parameters("residual", 10, 48, 4, 256, basis_hidden=24)
+    assert counted == sum(p.numel() for p in with_mlp.parameters())
+    assert counted - bank_parameters("residual", 10, 48, 4, 256) == 24 * (48 + 1) + 4 * 24
+
+
 @pytest.fixture(scope="module")
 def lm(gpt2_dir, corpus):
     model, tokenizer = load_causal_lm(gpt2_dir)

@@ -34,7 +34,13 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from stride.attributor import MethodContext
-from stride.baselines.common import check_choice, check_positive, parse_settings, queries_per_pass, require_library
+from stride.baselines.common import (
+    check_choice,
+    check_optional_positive,
+    parse_settings,
+    queries_per_pass,
+    require_library,
+)
 from stride.baselines.ekfac import FACTORS, KRONFLUENCE_INSTALL, MODULE_SETS, EkfacAttributor, linear_copy
 from stride.core.batching import index_batches
 from stride.errors import StrideError
@@ -98,9 +104,7 @@ class AstraSettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise StrideError(f"{name} must be a positive integer, got {value!r}")
         check_choice(self, "modules", MODULE_SETS)
-        for name in ("step_size", "damping", "query_memory_gib"):
-            if getattr(self, name) is not None:
-                check_positive(self, name)
+        check_optional_positive(self, "step_size", "damping", "query_memory_gib")
 
 
 @dataclass

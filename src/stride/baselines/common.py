@@ -47,6 +47,11 @@ def check_positive(settings: Any, *names: str) -> None:
             raise StrideError(f"{name} must be a positive number, got {value!r}")
 
 
+def check_optional_positive(settings: Any, *names: str) -> None:
+    """Like check_positive, for settings where None (a default chosen later) is also allowed."""
+    check_positive(settings, *(name for name in names if getattr(settings, name) is not None))
+
+
 QUERY_GIB = 1.0  # memory for the per-query vectors held at once when a `query_memory_gib` setting is None
 
 

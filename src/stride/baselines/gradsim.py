@@ -25,6 +25,7 @@ from stride.attributor import MethodContext
 from stride.baselines.common import (
     check_checkpoint_settings,
     check_choice,
+    check_optional_positive,
     check_positive,
     load_checkpoints,
     parse_settings,
@@ -73,8 +74,7 @@ class GradSimSettings:
 
     def validate(self) -> None:
         check_positive(self, "proj_dim", "batch_size")
-        if self.query_memory_gib is not None:
-            check_positive(self, "query_memory_gib")
+        check_optional_positive(self, "query_memory_gib")
         if self.exact_max_parameters < 0:
             raise StrideError(f"exact_max_parameters must be at least 0, got {self.exact_max_parameters}")
         check_choice(self, "projection", PROJECTIONS)

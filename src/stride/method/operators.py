@@ -44,12 +44,13 @@ def operator_width(form: str, hidden_size: int, vocab_size: int, output_rank: in
 
 
 def bank_parameters(form: str, n_subsets: int, hidden_size: int, rank: int, vocab_size: int,
-                    output_rank: int = 0) -> int:  # fmt: skip
-    """Trainable numbers of a whole bank (operators, basis and, for shared_logit, the output basis U;
-    hashed_logit's S is not trained)."""
+                    output_rank: int = 0, basis_hidden: int | None = None) -> int:  # fmt: skip
+    """Trainable numbers of a whole bank (operators, basis with its MLP when `basis_hidden` is set
+    and, for shared_logit, the output basis U; hashed_logit's S is not trained)."""
     operators = n_subsets * operator_width(form, hidden_size, vocab_size, output_rank) * rank
     shared_output = vocab_size * output_rank if form == SHARED_LOGIT else 0
-    return operators + rank * hidden_size + shared_output
+    basis_mlp = 0 if basis_hidden is None else basis_hidden * (hidden_size + 1) + rank * basis_hidden
+    return operators + rank * hidden_size + basis_mlp + shared_output
 
 
 def training_bytes(parameters: int, bytes_per_number: int = 4) -> int:
